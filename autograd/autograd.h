@@ -1,0 +1,134 @@
+// autograd — fp32 tensors, a tape, reverse-mode backward, and the ops a Llama needs.
+//
+// A Tape is both the activation arena and the record of operations. Each op_* computes its
+// forward result into memory taken from the tape's arena and, when recording is on and any
+// input needs a gradient, records a node with its backward. tape_backward() walks the nodes
+// in reverse and accumulates gradients (`grad +=`) into every tensor that needs one.
+// tape_reset() forgets the nodes and recycles the arena (its memory is kept for the next
+// step, so a training loop allocates nothing after its first step).
+//
+// Tensors are row-major; the last dimension is the feature dimension and ops that do not
+// care about the rest treat a tensor as (N, last). Frozen tensors (requires_grad == 0)
+// never get a gradient buffer and no backward work is done for them.
+//
+// Frozen base weights are not Tensors but Weights: a matrix (rows=OC, cols=C) in some
+// storage type, used as y = x Wᵀ. Only an input gradient flows through a Weight.
+#pragma once
+#include <stdint.h>
+#include <stddef.h>
+#include "util/util.h"
+
+#define AG_MAXDIM 4
+
+typedef struct Tensor {
+    float *data;              // (n) values
+    float *grad;              // (n) gradient, NULL unless requires_grad (allocated lazily)
+    int64_t shape[AG_MAXDIM];
+    int ndim;
+    int64_t n;                // product of shape
+    int requires_grad;
+    int is_param;             // owned by the caller (tensor_new_param), survives tape_reset
+    const char *name;         // optional, for messages
+} Tensor;
+
+// A parameter (e.g. LoRA A/B): data zeroed, grad allocated and zeroed when requires_grad.
+// Returns NULL with a message on out-of-memory.
+Tensor *tensor_new_param(int ndim, const int64_t *shape, int requires_grad, const char *name, Err *e);
+// A frozen tensor that wraps memory owned elsewhere (e.g. norm weights in a loaded model).
+Tensor *tensor_wrap(float *data, int ndim, const int64_t *shape, const char *name, Err *e);
+void tensor_free(Tensor *t);  // only for tensor_new_param / tensor_wrap tensors
+int64_t tensor_rows(const Tensor *t);  // n / last dim
+int64_t tensor_cols(const Tensor *t);  // last dim
+void tensor_zero_grad(Tensor *t);
+
+// ---- frozen weights -------------------------------------------------------------------
+typedef enum {
+    WT_F32 = 0,   // data: float[rows*cols]
+    WT_BF16 = 1,  // data: uint16_t[rows*cols] (bf16)
+} WeightType;
+
+typedef struct {
+    WeightType type;
+    int64_t rows, cols;  // (OC, C): y = x Wᵀ
+    void *data;
+    int owns_data;       // free data in weight_free
+    const char *name;
+} Weight;
+
+void weight_free(Weight *w);
+// Copy row r of W into out (cols floats), converting from the storage type.
+void weight_row_f32(const Weight *w, int64_t r, float *out);
+
+// ---- tape ---------------------------------------------------------------------------------
+typedef struct Tape Tape;
+
+Tape *tape_new(Err *e);
+void tape_free(Tape *t);
+void tape_reset(Tape *t);              // drop nodes and intermediates; keep memory
+void tape_set_recording(Tape *t, int on);  // off: ops compute forward only (eval, decode)
+int tape_recording(const Tape *t);
+void tape_set_training(Tape *t, int on);   // on: dropout active (default off)
+int tape_training(const Tape *t);
+Rng *tape_rng(Tape *t);                    // dropout masks draw from here
+void tape_seed(Tape *t, uint64_t seed);
+size_t tape_arena_bytes(const Tape *t);    // high-water mark of the arena
+// Backward from a scalar (n == 1) tensor: seeds dloss = 1 and accumulates into every
+// tensor with requires_grad (parameters accumulate across calls until tensor_zero_grad).
+void tape_backward(Tape *t, Tensor *loss);
+
+// Arena allocation, valid until tape_reset. Aborts via die_internal only if the machine is
+// truly out of memory (a user-facing check of sizes happens before training starts).
+void *tape_alloc(Tape *t, size_t bytes);   // 64-byte aligned, uninitialised
+Tensor *tape_tensor(Tape *t, int ndim, const int64_t *shape);  // uninitialised intermediate
+// A tensor whose data points at memory owned elsewhere (e.g. a KV cache), no grad.
+Tensor *tape_view(Tape *t, float *data, int ndim, const int64_t *shape);
+
+// ---- ops -------------------------------------------------------------------------------
+// Each returns a new intermediate tensor on the tape. Shapes are checked; a mismatch is an
+// internal error (die_internal) because the model code builds every shape.
+
+// table (V,C), ids (N) in [0,V) -> out (N,C)
+Tensor *op_embedding(Tape *t, Tensor *table, const int *ids, int64_t N);
+
+// x (N,C), w (OC,C) frozen -> out (N,OC)        out = x wᵀ
+Tensor *op_linear(Tape *t, Tensor *x, const Weight *w);
+
+// x (N,C), w (OC,C) frozen, A (r,C), B (OC,r) -> out (N,OC)
+//   out = x wᵀ + scale · (dropout_p(x) Aᵀ) Bᵀ
+// A == NULL (and B == NULL) gives op_linear. Dropout is applied only when the tape is in
+// training mode and p > 0 (inverted dropout: kept values scaled by 1/(1-p)).
+Tensor *op_lora_linear(Tape *t, Tensor *x, const Weight *w, Tensor *A, Tensor *B,
+                       float scale, float dropout_p);
+
+// x (N,C), w (C) -> out (N,C)      out = x / sqrt(mean(x²) + eps) · w
+Tensor *op_rmsnorm(Tape *t, Tensor *x, Tensor *w, float eps);
+
+// Rotary position embedding.
+typedef enum {
+    ROPE_HALF = 0,      // HF rotate-half: pairs (i, i + D/2)
+    ROPE_ADJACENT = 1,  // GGUF / Meta: pairs (2i, 2i+1)
+} RopeStyle;
+// x (B,T,H*D) -> out (B,T,H*D); token t of every batch row has position pos0 + t;
+// inv_freq (D/2): angle of pair i at position p is p · inv_freq[i].
+Tensor *op_rope(Tape *t, Tensor *x, int64_t B, int64_t T, int H, int D, int pos0,
+                const float *inv_freq, RopeStyle style);
+
+// Causal grouped-query attention, softmax(q kᵀ / sqrt(D)) v.
+// q (B,Tq,H*D), k (B,Tk,KVH*D), v (B,Tk,KVH*D) -> out (B,Tq,H*D), Tk >= Tq.
+// Query i sits at position Tk - Tq + i and sees keys j <= that position (and, when
+// window > 0, only keys with position > query position - window). Head h uses KV head
+// h / (H / KVH).
+Tensor *op_attention(Tape *t, Tensor *q, Tensor *k, Tensor *v, int64_t B, int64_t Tq,
+                     int64_t Tk, int H, int KVH, int D, int window);
+
+// gate (N,F), up (N,F) -> out (N,F)     out = silu(gate) · up
+Tensor *op_swiglu(Tape *t, Tensor *gate, Tensor *up);
+
+// a (N,C), b (N,C) -> out (N,C)         out = a + b
+Tensor *op_add(Tape *t, Tensor *a, Tensor *b);
+
+// logits (N,V), targets (N) (target < 0 = ignored) -> out (1)
+//   out = Σ_{kept i} -log softmax(logits_i)[target_i] / norm
+// norm is the caller's normaliser (e.g. the number of kept targets in the whole
+// accumulated batch), so micro-batches sum to a true mean.
+Tensor *op_cross_entropy(Tape *t, Tensor *logits, const int *targets, float norm);

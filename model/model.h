@@ -1,0 +1,203 @@
+// model — Llama-family models: config, weights from HF safetensors / GGUF / llama2.c files,
+// LoRA adapters attached to any of q,k,v,o,gate,up,down, a KV cache, and ONE forward pass
+// used two ways: recorded on a tape for training, or with a KV cache and recording off for
+// generation.
+//
+// Internally q/k weight rows are always in the HF rotate-half RoPE convention: files in the
+// adjacent-pairs convention (GGUF llama, llama2.c) are permuted at load. A LoRA adapter in
+// memory is therefore always in the HF (PEFT) convention.
+//
+// Also here: readers and writers of the tensor file formats (safetensors, GGUF).
+#pragma once
+#include <stdint.h>
+#include "util/util.h"
+#include "autograd/autograd.h"
+
+// ---- config -------------------------------------------------------------------------------
+typedef struct {
+    char arch[32];            // "llama"
+    int dim;                  // hidden_size C
+    int hidden_dim;           // intermediate_size F
+    int n_layers;
+    int n_heads;              // H
+    int n_kv_heads;           // KVH
+    int head_dim;             // D (dim / n_heads unless the config says otherwise)
+    int vocab_size;           // V
+    int max_seq_len;          // max_position_embeddings
+    float norm_eps;           // rms_norm_eps
+    float rope_theta;
+    int tied_embeddings;      // lm_head shares the embedding table
+    int bos_id, eos_id;       // -1 when the file does not say
+    RopeStyle file_rope;      // RoPE convention of the q/k rows in the source file
+} ModelConfig;
+
+// ---- weights ------------------------------------------------------------------------------
+typedef enum { LT_Q, LT_K, LT_V, LT_O, LT_GATE, LT_UP, LT_DOWN, LT_COUNT } LoraTarget;
+// PEFT module names, indexed by LoraTarget: "q_proj", ..., "down_proj".
+const char *lora_target_name(LoraTarget t);
+
+typedef struct {
+    Tensor *attn_norm;        // (C)
+    Tensor *ffn_norm;         // (C)
+    // q (H*D,C) k (KVH*D,C) v (KVH*D,C) o (C,H*D) gate (F,C) up (F,C) down (C,F)
+    Weight w[LT_COUNT];
+} Layer;
+
+typedef struct {
+    ModelConfig cfg;
+    Tensor *tok_emb;          // (V,C) frozen
+    Layer *layers;            // (n_layers)
+    Tensor *final_norm;       // (C)
+    Weight lm_head;           // (V,C); shares tok_emb's data when tied
+    float *inv_freq;          // (D/2) rotary frequencies
+    char source[1024];        // the path it was loaded from
+} Model;
+
+// Loads a model from: a HF directory (config.json + model.safetensors), a .gguf file, or a
+// llama2.c .bin checkpoint. F16/BF16 tensors are converted to fp32.
+Model *model_load(const char *path, Err *e);
+void model_free(Model *m);
+// Writes m as a HF directory (config.json + model.safetensors in F32), atomically per file.
+int model_save_hf(const Model *m, const char *dir, Err *e);
+// Writes a random-weight Llama with config cfg as a HF directory (weights ~ N(0, std²),
+// norms 1). Used by the built-in demo and tests.
+int model_write_random(const ModelConfig *cfg, uint64_t seed, float std, const char *dir, Err *e);
+// Fills cfg with defaults for a llama of the given shape (eps 1e-5, theta 10000, ...).
+void model_config_default(ModelConfig *cfg, int dim, int hidden_dim, int n_layers, int n_heads,
+                          int n_kv_heads, int vocab_size, int max_seq_len);
+
+// ---- LoRA ---------------------------------------------------------------------------------
+typedef struct {
+    int rank;
+    float alpha;
+    float dropout;
+    int use_rslora;
+    float scale;              // alpha / rank, or alpha / sqrt(rank) with rsLoRA
+    unsigned targets;         // bitmask of (1u << LoraTarget)
+    int n_layers;
+    // [layer * LT_COUNT + target], NULL where not targeted. A (r,in), B (out,r).
+    Tensor **A, **B;
+    char base_model[1024];    // base_model_name_or_path
+} LoraAdapter;
+
+// New adapter: A Kaiming-uniform (bound 1/sqrt(in), as PEFT), B zero.
+LoraAdapter *lora_new(const Model *m, int rank, float alpha, unsigned targets, float dropout,
+                      int use_rslora, uint64_t seed, Err *e);
+void lora_free(LoraAdapter *a);
+// Collects the trainable tensors (A and B of every target, layer by layer). Returns count.
+int lora_params(const LoraAdapter *a, Tensor **out, int max);
+// "q_proj,v_proj" / "q,k,v,o,gate,up,down" / "all" / "attn" / "mlp" -> bitmask; 0 + Err on
+// an unknown name.
+unsigned lora_parse_targets(const char *csv, Err *e);
+// "q_proj,k_proj" for a mask (buf of at least 128 bytes).
+const char *lora_targets_str(unsigned mask, char *buf, size_t n);
+
+// ---- forward ------------------------------------------------------------------------------
+typedef struct {
+    int max_seq;              // capacity in positions
+    int len;                  // positions filled
+    int n_layers, kv_dim;     // kv_dim = KVH*D
+    float *k, *v;             // (n_layers, max_seq, kv_dim)
+} KVCache;
+KVCache *kv_new(const ModelConfig *cfg, int max_seq, Err *e);
+void kv_free(KVCache *kv);
+void kv_reset(KVCache *kv);
+
+// ids (B,T) -> logits (B,T,V), or (B,1,V) for the last position only when last_only.
+// Without kv: positions 0..T-1. With kv (B must be 1): positions kv->len.., the new keys and
+// values are appended and kv->len grows by T. lora may be NULL. Training-mode dropout and
+// recording follow the tape's settings.
+Tensor *model_forward(Tape *t, const Model *m, const LoraAdapter *lora, const int *ids,
+                      int B, int T, KVCache *kv, int last_only);
+// ids, targets (B,T) (target < 0 = ignored) -> scalar Σ CE(kept) / norm
+Tensor *model_loss(Tape *t, const Model *m, const LoraAdapter *lora, const int *ids,
+                   const int *targets, int B, int T, float norm);
+
+// ---- tensor files -------------------------------------------------------------------------
+typedef enum { ST_F32, ST_F16, ST_BF16, ST_I32, ST_I64, ST_U8, ST_OTHER } StDtype;
+
+typedef struct {
+    char name[256];
+    StDtype dtype;
+    int ndim;
+    int64_t shape[AG_MAXDIM];  // as written (row-major, slowest first)
+    int64_t n;                 // element count
+    const void *data;          // into the mapped file
+    size_t nbytes;
+} StTensor;
+
+typedef struct SafeTensors SafeTensors;
+SafeTensors *st_open(const char *path, Err *e);   // mmap; validates header and offsets
+void st_close(SafeTensors *st);
+int st_count(const SafeTensors *st);
+const StTensor *st_at(const SafeTensors *st, int i);
+const StTensor *st_find(const SafeTensors *st, const char *name);  // NULL if absent
+// Copies tensor `name` into out as fp32, checking it has exactly `n` elements and the
+// expected shape when shape != NULL. Errors name the file and tensor.
+int st_read_f32(const SafeTensors *st, const char *name, float *out, int ndim,
+                const int64_t *shape, Err *e);
+// __metadata__ value for key (NULL if absent).
+const char *st_metadata(const SafeTensors *st, const char *key);
+
+typedef struct StWriter StWriter;
+StWriter *stw_new(Err *e);
+// Adds a tensor; data (fp32, n = Π shape) is converted to dtype (F32/F16/BF16) and copied.
+int stw_add_f32(StWriter *w, const char *name, StDtype dtype, int ndim, const int64_t *shape,
+                const float *data, Err *e);
+int stw_add_metadata(StWriter *w, const char *key, const char *value, Err *e);
+int stw_save(StWriter *w, const char *path, Err *e);  // atomic (temp + rename)
+void stw_free(StWriter *w);
+
+// GGUF (v2/v3). Types as in ggml.
+typedef enum {
+    GGML_F32 = 0, GGML_F16 = 1, GGML_Q4_0 = 2, GGML_Q4_1 = 3, GGML_Q5_0 = 6, GGML_Q5_1 = 7,
+    GGML_Q8_0 = 8, GGML_Q8_1 = 9, GGML_Q2_K = 10, GGML_Q3_K = 11, GGML_Q4_K = 12,
+    GGML_Q5_K = 13, GGML_Q6_K = 14, GGML_Q8_K = 15, GGML_BF16 = 30,
+} GgmlType;
+typedef enum {
+    GGUF_U8 = 0, GGUF_I8 = 1, GGUF_U16 = 2, GGUF_I16 = 3, GGUF_U32 = 4, GGUF_I32 = 5,
+    GGUF_F32 = 6, GGUF_BOOL = 7, GGUF_STRING = 8, GGUF_ARRAY = 9, GGUF_U64 = 10,
+    GGUF_I64 = 11, GGUF_F64 = 12,
+} GgufValueType;
+
+typedef struct {
+    char name[256];
+    GgmlType type;
+    int n_dims;
+    int64_t ne[AG_MAXDIM];    // fastest-first: ne = [in, out] is a row-major (out, in)
+    int64_t n;
+    const void *data;
+    size_t nbytes;
+} GgufTensor;
+
+typedef struct Gguf Gguf;
+Gguf *gguf_open(const char *path, Err *e);        // mmap; validates
+void gguf_close(Gguf *g);
+int gguf_tensor_count(const Gguf *g);
+const GgufTensor *gguf_tensor_at(const Gguf *g, int i);
+const GgufTensor *gguf_find_tensor(const Gguf *g, const char *name);
+// Tensor as fp32 (F32/F16/BF16), checking element count.
+int gguf_read_f32(const Gguf *g, const char *name, float *out, int64_t n, Err *e);
+// Metadata lookups. Return 0 when found (value written), -1 when absent or of another type.
+int gguf_get_u32(const Gguf *g, const char *key, uint32_t *out);  // accepts any int type
+int gguf_get_f32(const Gguf *g, const char *key, float *out);     // accepts f32/f64
+const char *gguf_get_str(const Gguf *g, const char *key);         // NUL-terminated copy, or NULL
+// Arrays: element type and count; element i as string / float / int.
+int gguf_get_arr(const Gguf *g, const char *key, GgufValueType *elem_type, uint64_t *count);
+const char *gguf_arr_str(const Gguf *g, const char *key, uint64_t i);   // NUL-terminated
+double gguf_arr_num(const Gguf *g, const char *key, uint64_t i);
+
+typedef struct GgufWriter GgufWriter;
+GgufWriter *ggw_new(Err *e);
+int ggw_set_str(GgufWriter *w, const char *key, const char *val, Err *e);
+int ggw_set_u32(GgufWriter *w, const char *key, uint32_t val, Err *e);
+int ggw_set_f32(GgufWriter *w, const char *key, float val, Err *e);
+int ggw_set_arr_str(GgufWriter *w, const char *key, const char *const *vals, uint64_t n, Err *e);
+int ggw_set_arr_f32(GgufWriter *w, const char *key, const float *vals, uint64_t n, Err *e);
+int ggw_set_arr_i32(GgufWriter *w, const char *key, const int32_t *vals, uint64_t n, Err *e);
+// Adds a tensor given as row-major fp32 with GGUF dims ne (fastest first), stored as type
+// (F32/F16/BF16); data is copied.
+int ggw_add_f32(GgufWriter *w, const char *name, GgmlType type, int n_dims, const int64_t *ne,
+                const float *data, Err *e);
+int ggw_save(GgufWriter *w, const char *path, Err *e);  // atomic, alignment 32
+void ggw_free(GgufWriter *w);
