@@ -11,7 +11,7 @@ CXXFLAGS := -std=c++17 -Wall -Wextra -Werror -O2 -fopenmp -I.
 BUILD    ?= build
 LDLIBS   := -L$(BLASDIR) -Wl,-rpath,$(BLASDIR) -lopenblas -ljson-c -lsentencepiece -lstdc++ -lm -fopenmp
 
-MODULES  := util autograd model data optim export train
+MODULES  := util autograd quant model data optim export train
 LIBSRC   := $(filter-out train/main.c,$(foreach m,$(MODULES),$(wildcard $(m)/*.c)))
 LIBCXX   := $(foreach m,$(MODULES),$(wildcard $(m)/*.cpp))
 LIBOBJ   := $(patsubst %.c,$(BUILD)/%.o,$(LIBSRC)) $(patsubst %.cpp,$(BUILD)/%.o,$(LIBCXX))

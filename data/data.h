@@ -26,10 +26,17 @@ int tok_bos(const Tokenizer *t);   // -1 if none
 int tok_eos(const Tokenizer *t);   // -1 if none
 // Encodes text (no BOS/EOS added). Returns the count and sets *ids (malloc'd), -1 on error.
 int tok_encode(const Tokenizer *t, const char *text, int **ids, Err *e);
+// Encodes text that continues a stream already begun: as tok_encode but without
+// SentencePiece's dummy-prefix space (a response after its prompt, a chat turn after the
+// model's reply), so decode(tok_encode(a) ++ tok_encode_cont(b)) == a ++ b as far as the
+// model's normalizer keeps the text (one that removes extra whitespace keeps a leading
+// space of b as one space, but drops a trailing space of a).
+int tok_encode_cont(const Tokenizer *t, const char *text, int **ids, Err *e);
 // Decodes ids to a malloc'd string (skipping BOS/EOS), NULL on error.
 char *tok_decode(const Tokenizer *t, const int *ids, int n, Err *e);
 // Text of one piece as it would appear after `prev` in a decoded stream (for streaming
-// output); writes into buf (NUL-terminated) and returns it.
+// output); writes into buf (NUL-terminated) and returns it. prev < 0 or BOS: the start of
+// the stream (the dummy-prefix space is dropped). A byte piece (<0x0A>) gives that one byte.
 const char *tok_piece_text(const Tokenizer *t, int prev, int id, char *buf, size_t n);
 
 // ---- prompt templates -----------------------------------------------------------------------
@@ -43,7 +50,23 @@ Template template_parse(const char *name, Err *e);  // "auto|alpaca|chatml|raw";
 const char *template_name(Template t);
 // The prompt text a model sees before its response for a single user instruction, exactly
 // as in training (for `lora generate --template`). Returns a malloc'd string.
+// TPL_AUTO is taken as alpaca here. The ids the model is fed are BOS (when add_bos) followed
+// by tok_encode of this text; the response it learned follows as tok_encode_cont ids.
 char *template_format_prompt(Template t, const char *instruction, const char *input);
+
+// A conversation turn: role "system", "user" or "assistant".
+typedef struct {
+    const char *role;
+    const char *content;
+} ChatMsg;
+// Token ids of a conversation in template t exactly as training sees it (no BOS/EOS), with
+// mask 1 on the assistant replies (chatml: reply + "<|im_end|>"). The first text segment is
+// encoded with tok_encode, every later one with tok_encode_cont. If the last message is not
+// from the assistant, the ids end with the prompt for the next reply. input: alpaca's
+// optional input for the first user message (NULL for none). TPL_AUTO is taken as chatml.
+// Returns the count (ids and mask malloc'd), -1 on error.
+int template_encode(Template t, const Tokenizer *tok, const ChatMsg *msgs, int n, const char *input,
+                    int **ids, uint8_t **mask, Err *e);
 
 // ---- dataset ------------------------------------------------------------------------------
 typedef enum { FMT_AUTO = 0, FMT_ALPACA, FMT_COMPLETION, FMT_MESSAGES, FMT_TEXT } DataFormat;
@@ -108,7 +131,8 @@ DataLoader *loader_new(const Dataset *ds, int batch_size, int shuffle, uint64_t 
                        Err *e);
 void loader_free(DataLoader *l);
 // Fills b with the next batch (allocating b's arrays as needed; free with batch_free).
-// Wraps to a new epoch when the data runs out (a batch never mixes epochs).
+// Wraps to a new epoch when the data runs out (a batch never mixes epochs: the last batch of
+// an epoch holds what is left and may be smaller than batch_size; then epoch += 1, pos = 0).
 int loader_next(DataLoader *l, Batch *b, Err *e);
 void loader_seek(DataLoader *l, int epoch, int pos);   // for resuming
 // Builds a batch from examples [first, first+count) of ds in file order (evaluation).

@@ -138,6 +138,11 @@ int st_read_f32(const SafeTensors *st, const char *name, float *out, int ndim,
                 const int64_t *shape, Err *e);
 // __metadata__ value for key (NULL if absent).
 const char *st_metadata(const SafeTensors *st, const char *key);
+// n values stored as dtype at src (any alignment) -> fp32. F32/F16/BF16/I32/I64/U8;
+// returns -1 for ST_OTHER.
+int st_convert_f32(StDtype dtype, const void *src, int64_t n, float *out);
+// n fp32 values -> dtype (F32/F16/BF16, round to nearest even) at dst (any alignment).
+void st_encode_f32(StDtype dtype, const float *src, int64_t n, void *dst);
 
 typedef struct StWriter StWriter;
 StWriter *stw_new(Err *e);
@@ -147,6 +152,26 @@ int stw_add_f32(StWriter *w, const char *name, StDtype dtype, int ndim, const in
 int stw_add_metadata(StWriter *w, const char *key, const char *value, Err *e);
 int stw_save(StWriter *w, const char *path, Err *e);  // atomic (temp + rename)
 void stw_free(StWriter *w);
+
+// JSON helpers over json-c for config files (config.json, adapter_config.json).
+struct json_object;
+// Parses a JSON file; errors name the file and line. Free with json_object_put.
+struct json_object *json_read_file(const char *path, Err *e);
+// Writes obj pretty-printed to path, atomically.
+int json_write_file(const char *path, struct json_object *obj, Err *e);
+// A float as a JSON number printed with the shortest text that reads back as the same float.
+struct json_object *json_new_float(float v);
+// Member key of obj: returns 0 when absent or null (out untouched), 1 when read, -1 (Err
+// naming file and key) when of the wrong type. Integers accept only JSON integers; numbers
+// accept integers and reals.
+int json_opt_int(const struct json_object *obj, const char *key, const char *file, int64_t *out,
+                 Err *e);
+int json_opt_num(const struct json_object *obj, const char *key, const char *file, double *out,
+                 Err *e);
+int json_opt_bool(const struct json_object *obj, const char *key, const char *file, int *out,
+                  Err *e);
+int json_opt_str(const struct json_object *obj, const char *key, const char *file,
+                 const char **out, Err *e);
 
 // GGUF (v2/v3). Types as in ggml.
 typedef enum {

@@ -67,5 +67,9 @@ float train_step(Tape *t, const Model *m, LoraAdapter *lora, AdamW *opt, const B
 double evaluate_loss(Tape *t, const Model *m, const LoraAdapter *lora, const Dataset *ds,
                      int batch_size, int max_examples, long *n_tokens, Err *e);
 
+// The tokenizer for a model: tok_path when given, else tokenizer.model beside the model
+// (in a HF directory, or next to a .gguf/.bin file).
+Tokenizer *load_tokenizer_for(const char *model_path, const char *tok_path, Err *e);
+
 // The whole `lora train` run: load, evaluate, train, evaluate, save. 0 on success.
 int train_run(const TrainConfig *c, Err *e);

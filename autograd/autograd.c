@@ -1,0 +1,281 @@
+// autograd — tensors, frozen-weight helpers and the tape (arena + node list + backward).
+//
+// The arena is a list of blocks. Allocation bumps a pointer in the current block and moves
+// to the next block when it does not fit (creating a new one, at least as large as all the
+// previous ones together, only when none is left). tape_reset rewinds every block, so an
+// identical step replays exactly the same allocations and never creates a block again.
+#include <stdlib.h>
+#include <string.h>
+
+#include "autograd/autograd.h"
+#include "autograd/internal.h"
+
+#define ARENA_MIN_BLOCK ((size_t)16 << 20)
+
+typedef struct {
+    char *mem;
+    size_t cap, used;
+} Block;
+
+struct Tape {
+    Block *blocks;
+    int nblocks, cap_blocks, cur;
+    size_t high_water;        // max over time of bytes of the arena passed over so far
+    Node *last;               // most recent node
+    int recording, training;
+    Rng rng;
+    float *scratch[SCR_COUNT];
+    size_t scratch_n[SCR_COUNT];
+};
+
+// ---- tensors --------------------------------------------------------------------------------
+
+static int64_t shape_numel(int ndim, const int64_t *shape) {
+    int64_t n = 1;
+    for (int i = 0; i < ndim; i++) n *= shape[i];
+    return n;
+}
+
+static int check_shape(int ndim, const int64_t *shape, const char *name, Err *e) {
+    if (ndim < 1 || ndim > AG_MAXDIM)
+        return err_set(e, "tensor %s: %d dimensions (1..%d allowed)", name ? name : "?", ndim,
+                       AG_MAXDIM);
+    for (int i = 0; i < ndim; i++)
+        if (shape[i] <= 0)
+            return err_set(e, "tensor %s: dimension %d is %lld", name ? name : "?", i,
+                           (long long)shape[i]);
+    return 0;
+}
+
+// A caller-owned tensor: the Tensor, whether its data is ours, and a copy of its name.
+typedef struct {
+    Tensor t;
+    int owns_data;
+    char name[];
+} OwnedTensor;
+
+static Tensor *tensor_header(int ndim, const int64_t *shape, const char *name, Err *e) {
+    if (check_shape(ndim, shape, name, e)) return NULL;
+    size_t nlen = name ? strlen(name) + 1 : 0;
+    OwnedTensor *o = xcalloc(1, sizeof(OwnedTensor) + nlen, name ? name : "tensor", e);
+    if (!o) return NULL;
+    Tensor *t = &o->t;
+    if (name) {
+        memcpy(o->name, name, nlen);
+        t->name = o->name;
+    }
+    t->ndim = ndim;
+    for (int i = 0; i < ndim; i++) t->shape[i] = shape[i];
+    t->n = shape_numel(ndim, shape);
+    t->is_param = 1;
+    return t;
+}
+
+Tensor *tensor_new_param(int ndim, const int64_t *shape, int requires_grad, const char *name, Err *e) {
+    Tensor *t = tensor_header(ndim, shape, name, e);
+    if (!t) return NULL;
+    ((OwnedTensor *)t)->owns_data = 1;
+    size_t bytes = (size_t)t->n * sizeof(float);
+    t->data = xmalloc_aligned(bytes, name ? name : "parameter", e);
+    if (t->data && requires_grad) t->grad = xmalloc_aligned(bytes, name ? name : "gradient", e);
+    if (!t->data || (requires_grad && !t->grad)) {
+        tensor_free(t);
+        return NULL;
+    }
+    memset(t->data, 0, bytes);
+    if (t->grad) memset(t->grad, 0, bytes);
+    t->requires_grad = requires_grad ? 1 : 0;
+    return t;
+}
+
+Tensor *tensor_wrap(float *data, int ndim, const int64_t *shape, const char *name, Err *e) {
+    Tensor *t = tensor_header(ndim, shape, name, e);
+    if (!t) return NULL;
+    t->data = data;
+    return t;
+}
+
+void tensor_free(Tensor *t) {
+    if (!t) return;
+    if (((OwnedTensor *)t)->owns_data) free(t->data);
+    free(t->grad);
+    free(t);
+}
+
+int64_t tensor_cols(const Tensor *t) { return t->shape[t->ndim - 1]; }
+int64_t tensor_rows(const Tensor *t) { return t->n / tensor_cols(t); }
+
+void tensor_zero_grad(Tensor *t) {
+    if (t && t->grad) memset(t->grad, 0, (size_t)t->n * sizeof(float));
+}
+
+// ---- frozen weights -----------------------------------------------------------------------
+
+void weight_free(Weight *w) {
+    if (!w) return;
+    if (w->owns_data) free(w->data);
+    w->data = NULL;
+    w->owns_data = 0;
+}
+
+void weight_row_f32(const Weight *w, int64_t r, float *out) {
+    if (r < 0 || r >= w->rows) die_internal("weight_row_f32: row %lld of %lld", (long long)r,
+                                            (long long)w->rows);
+    if (w->type == WT_F32) {
+        memcpy(out, (const float *)w->data + r * w->cols, (size_t)w->cols * sizeof(float));
+    } else {
+        const uint16_t *src = (const uint16_t *)w->data + r * w->cols;
+        for (int64_t c = 0; c < w->cols; c++) out[c] = bf16_to_f32(src[c]);
+    }
+}
+
+// ---- tape ---------------------------------------------------------------------------------
+
+Tape *tape_new(Err *e) {
+    Tape *t = xcalloc(1, sizeof(Tape), "tape", e);
+    if (!t) return NULL;
+    t->recording = 1;
+    rng_seed(&t->rng, 1234);
+    return t;
+}
+
+void tape_free(Tape *t) {
+    if (!t) return;
+    for (int i = 0; i < t->nblocks; i++) free(t->blocks[i].mem);
+    free(t->blocks);
+    for (int i = 0; i < SCR_COUNT; i++) free(t->scratch[i]);
+    free(t);
+}
+
+void tape_reset(Tape *t) {
+    for (int i = 0; i < t->nblocks; i++) t->blocks[i].used = 0;
+    t->cur = 0;
+    t->last = NULL;
+}
+
+void tape_set_recording(Tape *t, int on) { t->recording = on ? 1 : 0; }
+int tape_recording(const Tape *t) { return t->recording; }
+void tape_set_training(Tape *t, int on) { t->training = on ? 1 : 0; }
+int tape_training(const Tape *t) { return t->training; }
+Rng *tape_rng(Tape *t) { return &t->rng; }
+void tape_seed(Tape *t, uint64_t seed) { rng_seed(&t->rng, seed); }
+size_t tape_arena_bytes(const Tape *t) { return t->high_water; }
+
+static void add_block(Tape *t, size_t min_bytes) {
+    size_t total = 0;
+    for (int i = 0; i < t->nblocks; i++) total += t->blocks[i].cap;
+    size_t cap = ARENA_MIN_BLOCK;
+    if (cap < total) cap = total;
+    if (cap < min_bytes) cap = min_bytes;
+    if (t->nblocks == t->cap_blocks) {
+        int nc = t->cap_blocks ? 2 * t->cap_blocks : 8;
+        Block *nb = realloc(t->blocks, (size_t)nc * sizeof(Block));
+        if (!nb) die_internal("out of memory growing the tape");
+        t->blocks = nb;
+        t->cap_blocks = nc;
+    }
+    char *mem = xmalloc_aligned(cap, "tape arena", NULL);
+    if (!mem) die_internal("out of memory: tape arena block of %.1f MiB", cap / 1048576.0);
+    t->blocks[t->nblocks++] = (Block){mem, cap, 0};
+}
+
+void *tape_alloc(Tape *t, size_t bytes) {
+    size_t sz = (bytes + 63) & ~(size_t)63;
+    if (sz == 0) sz = 64;
+    while (t->cur < t->nblocks && t->blocks[t->cur].used + sz > t->blocks[t->cur].cap) t->cur++;
+    if (t->cur == t->nblocks) add_block(t, sz);
+    Block *b = &t->blocks[t->cur];
+    void *p = b->mem + b->used;
+    b->used += sz;
+    size_t pos = b->used;
+    for (int i = 0; i < t->cur; i++) pos += t->blocks[i].cap;
+    if (pos > t->high_water) t->high_water = pos;
+    return p;
+}
+
+static Tensor *tape_header(Tape *t, int ndim, const int64_t *shape) {
+    if (ndim < 1 || ndim > AG_MAXDIM) die_internal("tape tensor with %d dimensions", ndim);
+    Tensor *x = tape_alloc(t, sizeof(Tensor));
+    memset(x, 0, sizeof *x);
+    x->ndim = ndim;
+    for (int i = 0; i < ndim; i++) x->shape[i] = shape[i];
+    x->n = shape_numel(ndim, shape);
+    return x;
+}
+
+Tensor *tape_tensor(Tape *t, int ndim, const int64_t *shape) {
+    Tensor *x = tape_header(t, ndim, shape);
+    x->data = tape_alloc(t, (size_t)x->n * sizeof(float));
+    return x;
+}
+
+Tensor *tape_view(Tape *t, float *data, int ndim, const int64_t *shape) {
+    Tensor *x = tape_header(t, ndim, shape);
+    x->data = data;
+    return x;
+}
+
+// ---- recording (internal.h) -----------------------------------------------------------------
+
+Tensor *tape_result(Tape *t, int ndim, const int64_t *shape, int any_input_rg) {
+    Tensor *x = tape_tensor(t, ndim, shape);
+    x->requires_grad = (any_input_rg && t->recording) ? 1 : 0;
+    return x;
+}
+
+Node *tape_record(Tape *t, BackwardFn backward, Tensor *out) {
+    if (!t->recording || !out->requires_grad) return NULL;
+    Node *n = tape_alloc(t, sizeof(Node));
+    memset(n, 0, sizeof *n);
+    n->backward = backward;
+    n->out = out;
+    n->prev = t->last;
+    t->last = n;
+    return n;
+}
+
+float *tape_grad(Tape *t, Tensor *x) {
+    if (!x || !x->requires_grad) return NULL;
+    if (!x->grad) {
+        size_t bytes = (size_t)x->n * sizeof(float);
+        if (x->is_param) {
+            x->grad = xmalloc_aligned(bytes, "gradient", NULL);
+            if (!x->grad) die_internal("out of memory: gradient of %s", x->name ? x->name : "?");
+        } else {
+            x->grad = tape_alloc(t, bytes);
+        }
+        memset(x->grad, 0, bytes);
+    }
+    return x->grad;
+}
+
+float *tape_scratch(Tape *t, int slot, size_t nfloats) {
+    if (nfloats > t->scratch_n[slot]) {
+        free(t->scratch[slot]);
+        t->scratch[slot] = xmalloc_aligned(nfloats * sizeof(float), "tape scratch", NULL);
+        if (!t->scratch[slot])
+            die_internal("out of memory: tape scratch of %.1f MiB", nfloats * 4 / 1048576.0);
+        t->scratch_n[slot] = nfloats;
+    }
+    return t->scratch[slot];
+}
+
+// ---- backward -----------------------------------------------------------------------------
+
+static void zero_stale_grad(Tensor *x) {
+    if (x && x->grad && !x->is_param) memset(x->grad, 0, (size_t)x->n * sizeof(float));
+}
+
+void tape_backward(Tape *t, Tensor *loss) {
+    if (loss->n != 1) die_internal("tape_backward: loss has %lld elements, not 1", (long long)loss->n);
+    if (!loss->requires_grad) return;  // nothing recorded leads to it
+    // Intermediate gradients left by an earlier tape_backward over the same nodes restart at
+    // zero, so calling backward twice accumulates twice into parameters only.
+    for (Node *n = t->last; n; n = n->prev) {
+        zero_stale_grad(n->out);
+        for (int i = 0; i < 3; i++) zero_stale_grad(n->in[i]);
+    }
+    tape_grad(t, loss)[0] += 1.0f;
+    for (Node *n = t->last; n; n = n->prev)
+        if (n->out->grad) n->backward(t, n);
+}

@@ -1,0 +1,673 @@
+// ops — forward and backward kernels of every op, side by side, and the op_* wrappers that
+// run the forward and record the backward on the tape.
+//
+// Conventions: kernels take raw pointers and sizes; backward kernels ACCUMULATE (+=) into the
+// gradient buffers they are given and skip any that is NULL (a frozen input).
+#include <cblas.h>
+#include <math.h>
+#include <omp.h>
+#include <string.h>
+
+#include "autograd/autograd.h"
+#include "autograd/internal.h"
+
+static int any_rg(const Tensor *a, const Tensor *b, const Tensor *c) {
+    return (a && a->requires_grad) || (b && b->requires_grad) || (c && c->requires_grad);
+}
+
+// A tensor copy of the caller's ints (ids, targets), kept on the tape for backward.
+static int *tape_ints(Tape *t, const int *src, int64_t n) {
+    int *p = tape_alloc(t, (size_t)n * sizeof(int));
+    memcpy(p, src, (size_t)n * sizeof(int));
+    return p;
+}
+
+// ---- embedding ------------------------------------------------------------------------------
+
+// table (V,C), ids (N) -> out (N,C)
+static void embedding_forward(float *out, const float *table, const int *ids, int64_t N, int64_t C) {
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < N; i++)
+        memcpy(out + i * C, table + (int64_t)ids[i] * C, (size_t)C * sizeof(float));
+}
+
+// dout (N,C), ids (N) -> dtable (V,C) +=. Threads own column ranges, so repeated ids are safe.
+static void embedding_backward(float *dtable, const float *dout, const int *ids, int64_t N, int64_t C) {
+#pragma omp parallel
+    {
+        int nt = omp_get_num_threads(), tid = omp_get_thread_num();
+        int64_t c0 = C * tid / nt, c1 = C * (tid + 1) / nt;
+        for (int64_t i = 0; i < N; i++) {
+            float *dst = dtable + (int64_t)ids[i] * C;
+            const float *src = dout + i * C;
+            for (int64_t c = c0; c < c1; c++) dst[c] += src[c];
+        }
+    }
+}
+
+static void embedding_node_backward(Tape *t, const Node *n) {
+    Tensor *table = n->in[0];
+    embedding_backward(tape_grad(t, table), n->out->grad, n->saved[0], n->d[0], n->d[1]);
+}
+
+Tensor *op_embedding(Tape *t, Tensor *table, const int *ids, int64_t N) {
+    if (table->ndim != 2) die_internal("op_embedding: table %s is not 2-D", table->name ? table->name : "");
+    int64_t V = table->shape[0], C = table->shape[1];
+    for (int64_t i = 0; i < N; i++)
+        if (ids[i] < 0 || ids[i] >= V)
+            die_internal("op_embedding: id %d at %lld outside [0,%lld)", ids[i], (long long)i, (long long)V);
+    int64_t shape[2] = {N, C};
+    Tensor *out = tape_result(t, 2, shape, table->requires_grad);
+    embedding_forward(out->data, table->data, ids, N, C);
+    Node *n = tape_record(t, embedding_node_backward, out);
+    if (n) {
+        n->in[0] = table;
+        n->saved[0] = tape_ints(t, ids, N);
+        n->d[0] = N;
+        n->d[1] = C;
+    }
+    return out;
+}
+
+// ---- frozen weight access ---------------------------------------------------------------
+
+// Rows per tile when a weight must be converted to fp32 (about 4 MiB of floats per tile).
+static int64_t weight_tile_rows(const Weight *w) {
+    if (w->type == WT_F32) return w->rows;
+    int64_t tr = ((int64_t)1 << 20) / w->cols;
+    tr = tr < 16 ? 16 : tr & ~(int64_t)15;
+    return tr < w->rows ? tr : w->rows;
+}
+
+// Rows [r0, r0+nr) of w as fp32 (cols floats each, contiguous): the weight itself for
+// WT_F32, a conversion into tape scratch otherwise (valid until the next call).
+static const float *weight_rows(Tape *t, const Weight *w, int64_t r0, int64_t nr) {
+    int64_t C = w->cols;
+    if (w->type == WT_F32) return (const float *)w->data + r0 * C;
+    if (w->type != WT_BF16) die_internal("weight %s: unknown type %d", w->name ? w->name : "", (int)w->type);
+    float *dst = tape_scratch(t, SCR_WTILE, (size_t)(nr * C));
+    const uint16_t *src = (const uint16_t *)w->data + r0 * C;
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < nr * C; i++) {
+        uint32_t bits = (uint32_t)src[i] << 16;
+        memcpy(&dst[i], &bits, sizeof bits);
+    }
+    return dst;
+}
+
+// x (N,C), w (OC,C) -> out (N,OC)      out = x wᵀ
+static void matmul_weight_forward(Tape *t, float *out, const float *x, const Weight *w, int64_t N) {
+    int64_t OC = w->rows, C = w->cols, tr = weight_tile_rows(w);
+    for (int64_t r0 = 0; r0 < OC; r0 += tr) {
+        int64_t nr = OC - r0 < tr ? OC - r0 : tr;
+        const float *wt = weight_rows(t, w, r0, nr);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)N, (int)nr, (int)C, 1.0f, x, (int)C,
+                    wt, (int)C, 0.0f, out + r0, (int)OC);
+    }
+}
+
+// dout (N,OC), w (OC,C) -> dx (N,C) +=   dx += dout w
+static void matmul_weight_backward(Tape *t, float *dx, const float *dout, const Weight *w, int64_t N) {
+    int64_t OC = w->rows, C = w->cols, tr = weight_tile_rows(w);
+    for (int64_t r0 = 0; r0 < OC; r0 += tr) {
+        int64_t nr = OC - r0 < tr ? OC - r0 : tr;
+        const float *wt = weight_rows(t, w, r0, nr);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)N, (int)C, (int)nr, 1.0f, dout + r0,
+                    (int)OC, wt, (int)C, 1.0f, dx, (int)C);
+    }
+}
+
+// ---- linear + LoRA --------------------------------------------------------------------------
+// Saved: h = drop(x) Aᵀ (N,r) and, with dropout, the keep mask (N,C) bytes.
+
+// x (N,C), mask (N,C) -> xd (N,C)     xd = x · mask / (1-p)
+static void dropout_apply(float *xd, const float *x, const uint8_t *mask, int64_t n, float inv_keep) {
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < n; i++) xd[i] = mask[i] ? x[i] * inv_keep : 0.0f;
+}
+
+// mask (n) <- 1 with probability 1-p, from the tape's RNG (sequential: reproducible)
+static void dropout_mask(Tape *t, uint8_t *mask, int64_t n, float p) {
+    Rng *r = tape_rng(t);
+    for (int64_t i = 0; i < n; i++) mask[i] = rng_uniform(r) >= p;
+}
+
+static void lora_linear_node_backward(Tape *t, const Node *n) {
+    Tensor *x = n->in[0], *A = n->in[1], *B = n->in[2];
+    const Weight *w = n->w;
+    const float *dy = n->out->grad;  // (N,OC)
+    int64_t N = n->d[0], C = n->d[1], OC = n->d[2], r = n->d[3];
+    float scale = n->f[0], p = n->f[1];
+    const uint8_t *mask = n->saved[1];
+    float *dx = tape_grad(t, x);
+    if (dx) matmul_weight_backward(t, dx, dy, w, N);  // dx += dy W
+    if (!A) return;
+    const float *h = n->saved[0];  // (N,r)
+    float *dB = tape_grad(t, B);
+    // dB (OC,r) += scale · dyᵀ h
+    if (dB)
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)OC, (int)r, (int)N, scale, dy, (int)OC,
+                    h, (int)r, 1.0f, dB, (int)r);
+    float *dA = tape_grad(t, A);
+    if (!dA && !dx) return;
+    // dh (N,r) = scale · dy B
+    float *dh = tape_scratch(t, SCR_A, (size_t)(N * r));
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)N, (int)r, (int)OC, scale, dy, (int)OC,
+                B->data, (int)r, 0.0f, dh, (int)r);
+    float inv_keep = mask ? 1.0f / (1.0f - p) : 1.0f;
+    if (dA) {
+        // dA (r,C) += dhᵀ xd
+        const float *xd = x->data;
+        if (mask) {
+            float *buf = tape_scratch(t, SCR_B, (size_t)(N * C));
+            dropout_apply(buf, x->data, mask, N * C, inv_keep);
+            xd = buf;
+        }
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)r, (int)C, (int)N, 1.0f, dh, (int)r, xd,
+                    (int)C, 1.0f, dA, (int)C);
+    }
+    if (dx) {
+        // dx (N,C) += drop'(dh A)
+        if (!mask) {
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)N, (int)C, (int)r, 1.0f, dh, (int)r,
+                        A->data, (int)C, 1.0f, dx, (int)C);
+        } else {
+            float *dxd = tape_scratch(t, SCR_C, (size_t)(N * C));
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)N, (int)C, (int)r, 1.0f, dh, (int)r,
+                        A->data, (int)C, 0.0f, dxd, (int)C);
+#pragma omp parallel for schedule(static)
+            for (int64_t i = 0; i < N * C; i++)
+                if (mask[i]) dx[i] += dxd[i] * inv_keep;
+        }
+    }
+}
+
+Tensor *op_lora_linear(Tape *t, Tensor *x, const Weight *w, Tensor *A, Tensor *B, float scale,
+                       float dropout_p) {
+    int64_t C = tensor_cols(x), N = tensor_rows(x), OC = w->rows;
+    if (w->cols != C)
+        die_internal("op_lora_linear: x has %lld columns, weight %s has %lld", (long long)C,
+                     w->name ? w->name : "", (long long)w->cols);
+    if ((A == NULL) != (B == NULL)) die_internal("op_lora_linear: A and B must both be given");
+    int64_t r = 0;
+    if (A) {
+        r = A->shape[0];
+        if (A->ndim != 2 || A->shape[1] != C || B->ndim != 2 || B->shape[0] != OC || B->shape[1] != r)
+            die_internal("op_lora_linear: LoRA %s/%s shapes do not match weight %s (%lld x %lld)",
+                         A->name ? A->name : "A", B->name ? B->name : "B", w->name ? w->name : "",
+                         (long long)OC, (long long)C);
+    }
+    int64_t shape[AG_MAXDIM];
+    memcpy(shape, x->shape, sizeof shape);
+    shape[x->ndim - 1] = OC;
+    Tensor *out = tape_result(t, x->ndim, shape, any_rg(x, A, B));
+    // out (N,OC) = x Wᵀ
+    matmul_weight_forward(t, out->data, x->data, w, N);
+    Node *n = tape_record(t, lora_linear_node_backward, out);
+    if (n) {
+        n->in[0] = x;
+        n->in[1] = A;
+        n->in[2] = B;
+        n->w = w;
+        n->f[0] = scale;
+        n->f[1] = dropout_p;
+        n->d[0] = N;
+        n->d[1] = C;
+        n->d[2] = OC;
+        n->d[3] = r;
+    }
+    if (!A) return out;
+    const float *xd = x->data;
+    int drop = tape_training(t) && dropout_p > 0.0f;
+    if (drop) {
+        if (dropout_p >= 1.0f) die_internal("op_lora_linear: dropout %g", (double)dropout_p);
+        uint8_t *mask = n ? tape_alloc(t, (size_t)(N * C)) : (uint8_t *)tape_scratch(t, SCR_A, (size_t)(N * C + 3) / 4);
+        dropout_mask(t, mask, N * C, dropout_p);
+        float *buf = tape_scratch(t, SCR_B, (size_t)(N * C));
+        dropout_apply(buf, x->data, mask, N * C, 1.0f / (1.0f - dropout_p));
+        xd = buf;
+        if (n) n->saved[1] = mask;
+    }
+    // h (N,r) = xd Aᵀ; out += scale · h Bᵀ
+    float *h = n ? tape_alloc(t, (size_t)(N * r) * sizeof(float)) : tape_scratch(t, SCR_C, (size_t)(N * r));
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)N, (int)r, (int)C, 1.0f, xd, (int)C, A->data,
+                (int)C, 0.0f, h, (int)r);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)N, (int)OC, (int)r, scale, h, (int)r, B->data,
+                (int)r, 1.0f, out->data, (int)OC);
+    if (n) n->saved[0] = h;
+    return out;
+}
+
+Tensor *op_linear(Tape *t, Tensor *x, const Weight *w) { return op_lora_linear(t, x, w, NULL, NULL, 0.0f, 0.0f); }
+
+// ---- RMSNorm --------------------------------------------------------------------------------
+
+// x (N,C), w (C) -> out (N,C), rstd (N)      out = x · rstd · w, rstd = 1/sqrt(mean(x²)+eps)
+static void rmsnorm_forward(float *out, float *rstd, const float *x, const float *w, int64_t N, int64_t C,
+                            float eps) {
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < N; i++) {
+        const float *xi = x + i * C;
+        float *oi = out + i * C;
+        float ss = 0.0f;
+#pragma omp simd reduction(+ : ss)
+        for (int64_t c = 0; c < C; c++) ss += xi[c] * xi[c];
+        float rs = 1.0f / sqrtf(ss / (float)C + eps);
+        if (rstd) rstd[i] = rs;
+        for (int64_t c = 0; c < C; c++) oi[c] = xi[c] * rs * w[c];
+    }
+}
+
+// dout (N,C), x (N,C), w (C), rstd (N) -> dx (N,C) +=, dw (C) += (NULL = not needed)
+//   dx = rstd · (g - x · rstd² · mean(g·x)), g = dout · w;   dw = Σ_rows dout · x · rstd
+// dw is summed in per-thread partials (scratch) reduced in thread order: deterministic.
+static void rmsnorm_backward(Tape *t, float *dx, float *dw, const float *dout, const float *x, const float *w,
+                             const float *rstd, int64_t N, int64_t C) {
+    int nt = omp_get_max_threads();
+    float *part = dw ? tape_scratch(t, SCR_A, (size_t)nt * C) : NULL;
+    if (part) memset(part, 0, (size_t)nt * C * sizeof(float));
+#pragma omp parallel num_threads(nt)
+    {
+        int tid = omp_get_thread_num(), nth = omp_get_num_threads();
+        int64_t i0 = N * tid / nth, i1 = N * (tid + 1) / nth;
+        float *pw = part ? part + (int64_t)tid * C : NULL;
+        for (int64_t i = i0; i < i1; i++) {
+            const float *xi = x + i * C, *di = dout + i * C;
+            float rs = rstd[i];
+            if (dx) {
+                float dot = 0.0f;
+#pragma omp simd reduction(+ : dot)
+                for (int64_t c = 0; c < C; c++) dot += di[c] * w[c] * xi[c];
+                float k = rs * rs * dot / (float)C;
+                float *dxi = dx + i * C;
+                for (int64_t c = 0; c < C; c++) dxi[c] += rs * (di[c] * w[c] - xi[c] * k);
+            }
+            if (pw)
+                for (int64_t c = 0; c < C; c++) pw[c] += di[c] * xi[c] * rs;
+        }
+    }
+    if (dw)
+        for (int th = 0; th < nt; th++)
+            for (int64_t c = 0; c < C; c++) dw[c] += part[(int64_t)th * C + c];
+}
+
+static void rmsnorm_node_backward(Tape *t, const Node *n) {
+    Tensor *x = n->in[0], *w = n->in[1];
+    rmsnorm_backward(t, tape_grad(t, x), tape_grad(t, w), n->out->grad, x->data, w->data, n->saved[0],
+                     n->d[0], n->d[1]);
+}
+
+Tensor *op_rmsnorm(Tape *t, Tensor *x, Tensor *w, float eps) {
+    int64_t C = tensor_cols(x), N = tensor_rows(x);
+    if (w->n != C)
+        die_internal("op_rmsnorm: norm weight %s has %lld elements, x has %lld columns",
+                     w->name ? w->name : "", (long long)w->n, (long long)C);
+    Tensor *out = tape_result(t, x->ndim, x->shape, any_rg(x, w, NULL));
+    Node *n = tape_record(t, rmsnorm_node_backward, out);
+    float *rstd = n ? tape_alloc(t, (size_t)N * sizeof(float)) : NULL;
+    rmsnorm_forward(out->data, rstd, x->data, w->data, N, C, eps);
+    if (n) {
+        n->in[0] = x;
+        n->in[1] = w;
+        n->saved[0] = rstd;
+        n->d[0] = N;
+        n->d[1] = C;
+    }
+    return out;
+}
+
+// ---- RoPE -----------------------------------------------------------------------------------
+
+// x (B,T,H*D), cos/sin (T,D/2) -> out (B,T,H*D) (+= when accumulate)
+// Rotates each pair (x1,x2) by +angle (sign 1, forward) or -angle (sign -1, backward: the
+// inverse rotation is the transpose). Pairs are (i, i+D/2) for ROPE_HALF, (2i, 2i+1) for
+// ROPE_ADJACENT.
+static void rope_rotate(float *out, const float *x, const float *cosv, const float *sinv, int64_t B, int64_t T,
+                        int H, int D, RopeStyle style, float sign, int accumulate) {
+    int half = D / 2;
+    int64_t HD = (int64_t)H * D;
+    int64_t stride = style == ROPE_HALF ? 1 : 2, off = style == ROPE_HALF ? half : 1;
+#pragma omp parallel for collapse(2) schedule(static)
+    for (int64_t b = 0; b < B; b++)
+        for (int64_t tt = 0; tt < T; tt++) {
+            const float *cs = cosv + tt * half, *sn = sinv + tt * half;
+            for (int h = 0; h < H; h++) {
+                int64_t base = (b * T + tt) * HD + (int64_t)h * D;
+                const float *xh = x + base;
+                float *oh = out + base;
+                for (int i = 0; i < half; i++) {
+                    int64_t i1 = i * stride, i2 = i1 + off;
+                    float c = cs[i], s = sign * sn[i];
+                    float x1 = xh[i1], x2 = xh[i2];
+                    float o1 = x1 * c - x2 * s, o2 = x2 * c + x1 * s;
+                    if (accumulate) {
+                        oh[i1] += o1;
+                        oh[i2] += o2;
+                    } else {
+                        oh[i1] = o1;
+                        oh[i2] = o2;
+                    }
+                }
+            }
+        }
+}
+
+static void rope_node_backward(Tape *t, const Node *n) {
+    const float *cosv = n->saved[0];
+    int64_t T = n->d[1];
+    int D = (int)n->d[3];
+    rope_rotate(tape_grad(t, n->in[0]), n->out->grad, cosv, cosv + T * (D / 2), n->d[0], T, (int)n->d[2], D,
+                (RopeStyle)n->d[4], -1.0f, 1);
+}
+
+Tensor *op_rope(Tape *t, Tensor *x, int64_t B, int64_t T, int H, int D, int pos0, const float *inv_freq,
+                RopeStyle style) {
+    if (D % 2 || x->n != B * T * H * D)
+        die_internal("op_rope: %s has %lld elements, not B*T*H*D = %lld*%lld*%d*%d",
+                     x->name ? x->name : "x", (long long)x->n, (long long)B, (long long)T, H, D);
+    int half = D / 2;
+    Tensor *out = tape_result(t, x->ndim, x->shape, x->requires_grad);
+    // cos, sin (T, D/2) one after the other
+    float *cosv = tape_alloc(t, (size_t)(2 * T * half) * sizeof(float)), *sinv = cosv + T * half;
+    for (int64_t tt = 0; tt < T; tt++)
+        for (int i = 0; i < half; i++) {
+            float ang = (float)(pos0 + tt) * inv_freq[i];
+            cosv[tt * half + i] = cosf(ang);
+            sinv[tt * half + i] = sinf(ang);
+        }
+    rope_rotate(out->data, x->data, cosv, sinv, B, T, H, D, style, 1.0f, 0);
+    Node *n = tape_record(t, rope_node_backward, out);
+    if (n) {
+        n->in[0] = x;
+        n->saved[0] = cosv;
+        n->d[0] = B;
+        n->d[1] = T;
+        n->d[2] = H;
+        n->d[3] = D;
+        n->d[4] = style;
+    }
+    return out;
+}
+
+// ---- attention ------------------------------------------------------------------------------
+
+// Keys visible to query i: [lo, hi] with hi = Tk - Tq + i, lo = hi - window + 1 (window > 0).
+static void visible_keys(int64_t i, int64_t Tq, int64_t Tk, int window, int64_t *lo, int64_t *hi) {
+    *hi = Tk - Tq + i;
+    *lo = window > 0 && *hi - window + 1 > 0 ? *hi - window + 1 : 0;
+}
+
+// q (B,Tq,H*D), k/v (B,Tk,KVH*D) -> out (B,Tq,H*D), probs (B,H,Tq,Tk)
+// probs == NULL: per-thread rows of `work` (nthreads,Tq,Tk) hold the probabilities instead.
+// Per (b,h): P = softmax(mask(scale · Q Kᵀ)) (zero outside the visible keys), O = P V.
+static void attention_forward(float *out, float *probs, float *work, const float *q, const float *k,
+                              const float *v, int64_t B, int64_t Tq, int64_t Tk, int H, int KVH, int D,
+                              int window) {
+    int64_t HD = (int64_t)H * D, KD = (int64_t)KVH * D, G = H / KVH;
+    float scale = 1.0f / sqrtf((float)D);
+#pragma omp parallel for collapse(2) schedule(static)
+    for (int64_t b = 0; b < B; b++)
+        for (int64_t h = 0; h < H; h++) {
+            float *P = probs ? probs + (b * H + h) * Tq * Tk : work + (int64_t)omp_get_thread_num() * Tq * Tk;
+            const float *Q = q + b * Tq * HD + h * D;
+            const float *K = k + b * Tk * KD + (h / G) * D, *V = v + b * Tk * KD + (h / G) * D;
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)Tq, (int)Tk, D, scale, Q, (int)HD, K,
+                        (int)KD, 0.0f, P, (int)Tk);
+            for (int64_t i = 0; i < Tq; i++) {
+                float *row = P + i * Tk;
+                int64_t lo, hi;
+                visible_keys(i, Tq, Tk, window, &lo, &hi);
+                float mx = -INFINITY;
+                for (int64_t j = lo; j <= hi; j++) mx = row[j] > mx ? row[j] : mx;
+                float sum = 0.0f;
+                for (int64_t j = lo; j <= hi; j++) {
+                    row[j] = expf(row[j] - mx);
+                    sum += row[j];
+                }
+                float inv = 1.0f / sum;
+                for (int64_t j = 0; j < lo; j++) row[j] = 0.0f;
+                for (int64_t j = lo; j <= hi; j++) row[j] *= inv;
+                for (int64_t j = hi + 1; j < Tk; j++) row[j] = 0.0f;
+            }
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)Tq, D, (int)Tk, 1.0f, P, (int)Tk, V,
+                        (int)KD, 0.0f, out + b * Tq * HD + h * D, (int)HD);
+        }
+}
+
+// dout (B,Tq,H*D), probs (B,H,Tq,Tk), q, k, v -> dq (B,Tq,H*D) +=, dk, dv (B,Tk,KVH*D) +=
+// Per (b,h): dP = dO Vᵀ, dS = P ⊙ (dP - rowsum(P ⊙ dP)), dQ += scale dS K,
+// dK += scale dSᵀ Q, dV += Pᵀ dO. With G = H/KVH > 1 query heads share a KV head: their dK/dV
+// go to per-head buffers (B,H,Tk,D) first and are summed over the group afterwards.
+static void attention_backward(Tape *t, float *dq, float *dk, float *dv, const float *dout, const float *probs,
+                               const float *q, const float *k, const float *v, int64_t B, int64_t Tq,
+                               int64_t Tk, int H, int KVH, int D) {
+    int64_t HD = (int64_t)H * D, KD = (int64_t)KVH * D, G = H / KVH;
+    float scale = 1.0f / sqrtf((float)D);
+    int nt = omp_get_max_threads();
+    int need_ds = dq || dk;
+    float *work = need_ds ? tape_scratch(t, SCR_A, (size_t)nt * Tq * Tk) : NULL;
+    float *dkh = dk && G > 1 ? tape_scratch(t, SCR_B, (size_t)(B * H * Tk * D)) : NULL;
+    float *dvh = dv && G > 1 ? tape_scratch(t, SCR_C, (size_t)(B * H * Tk * D)) : NULL;
+#pragma omp parallel for collapse(2) schedule(static) num_threads(nt)
+    for (int64_t b = 0; b < B; b++)
+        for (int64_t h = 0; h < H; h++) {
+            const float *P = probs + (b * H + h) * Tq * Tk;
+            const float *Q = q + b * Tq * HD + h * D, *dO = dout + b * Tq * HD + h * D;
+            const float *K = k + b * Tk * KD + (h / G) * D, *V = v + b * Tk * KD + (h / G) * D;
+            // where this head's dK, dV go: straight into dk/dv, or into its own buffer
+            float *dK = NULL, *dV = NULL;
+            int ldk = (int)KD;
+            float beta = 1.0f;
+            if (G > 1) {
+                ldk = D;
+                beta = 0.0f;
+                if (dk) dK = dkh + (b * H + h) * Tk * D;
+                if (dv) dV = dvh + (b * H + h) * Tk * D;
+            } else {
+                if (dk) dK = dk + b * Tk * KD + h * D;
+                if (dv) dV = dv + b * Tk * KD + h * D;
+            }
+            if (dV)
+                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)Tk, D, (int)Tq, 1.0f, P, (int)Tk, dO,
+                            (int)HD, beta, dV, ldk);
+            if (!need_ds) continue;
+            float *dS = work + (int64_t)omp_get_thread_num() * Tq * Tk;
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)Tq, (int)Tk, D, 1.0f, dO, (int)HD, V,
+                        (int)KD, 0.0f, dS, (int)Tk);
+            for (int64_t i = 0; i < Tq; i++) {
+                const float *pr = P + i * Tk;
+                float *dr = dS + i * Tk;
+                float dot = 0.0f;
+                for (int64_t j = 0; j < Tk; j++) dot += pr[j] * dr[j];
+                for (int64_t j = 0; j < Tk; j++) dr[j] = pr[j] * (dr[j] - dot);
+            }
+            if (dq)
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)Tq, D, (int)Tk, scale, dS, (int)Tk, K,
+                            (int)KD, 1.0f, dq + b * Tq * HD + h * D, (int)HD);
+            if (dK)
+                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)Tk, D, (int)Tq, scale, dS, (int)Tk, Q,
+                            (int)HD, beta, dK, ldk);
+        }
+    if (G == 1 || (!dk && !dv)) return;
+    // sum the per-head buffers over each group: dk[b,j,kvh*D + d] += Σ_g dkh[b, kvh*G+g, j, d]
+#pragma omp parallel for collapse(2) schedule(static)
+    for (int64_t b = 0; b < B; b++)
+        for (int64_t j = 0; j < Tk; j++)
+            for (int64_t kh = 0; kh < KVH; kh++)
+                for (int64_t g = 0; g < G; g++) {
+                    int64_t src = ((b * H + kh * G + g) * Tk + j) * D, dst = (b * Tk + j) * KD + kh * D;
+                    if (dk)
+                        for (int d = 0; d < D; d++) dk[dst + d] += dkh[src + d];
+                    if (dv)
+                        for (int d = 0; d < D; d++) dv[dst + d] += dvh[src + d];
+                }
+}
+
+static void attention_node_backward(Tape *t, const Node *n) {
+    Tensor *q = n->in[0], *k = n->in[1], *v = n->in[2];
+    attention_backward(t, tape_grad(t, q), tape_grad(t, k), tape_grad(t, v), n->out->grad, n->saved[0], q->data,
+                       k->data, v->data, n->d[0], n->d[1], n->d[2], (int)n->d[3], (int)n->d[4], (int)n->d[5]);
+}
+
+Tensor *op_attention(Tape *t, Tensor *q, Tensor *k, Tensor *v, int64_t B, int64_t Tq, int64_t Tk, int H, int KVH,
+                     int D, int window) {
+    if (KVH <= 0 || H % KVH || Tk < Tq || Tq <= 0 || q->n != B * Tq * H * D || k->n != B * Tk * KVH * D ||
+        v->n != B * Tk * KVH * D)
+        die_internal("op_attention: shapes q %lld, k %lld, v %lld elements for B=%lld Tq=%lld Tk=%lld H=%d "
+                     "KVH=%d D=%d",
+                     (long long)q->n, (long long)k->n, (long long)v->n, (long long)B, (long long)Tq,
+                     (long long)Tk, H, KVH, D);
+    Tensor *out = tape_result(t, q->ndim, q->shape, any_rg(q, k, v));
+    Node *n = tape_record(t, attention_node_backward, out);
+    float *probs = NULL, *work = NULL;
+    if (n)
+        probs = tape_alloc(t, (size_t)(B * H * Tq * Tk) * sizeof(float));
+    else
+        work = tape_scratch(t, SCR_A, (size_t)omp_get_max_threads() * Tq * Tk);
+    attention_forward(out->data, probs, work, q->data, k->data, v->data, B, Tq, Tk, H, KVH, D, window);
+    if (n) {
+        n->in[0] = q;
+        n->in[1] = k;
+        n->in[2] = v;
+        n->saved[0] = probs;
+        int64_t d[6] = {B, Tq, Tk, H, KVH, D};
+        memcpy(n->d, d, sizeof d);
+    }
+    return out;
+}
+
+// ---- SwiGLU ---------------------------------------------------------------------------------
+
+// gate (n), up (n) -> out (n)      out = silu(gate) · up = gate · σ(gate) · up
+static void swiglu_forward(float *out, const float *g, const float *u, int64_t n) {
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < n; i++) out[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+}
+
+// dout, gate, up (n) -> dgate +=, dup += (NULL = not needed)
+//   dgate = dout · up · σ(g)(1 + g(1-σ(g))),  dup = dout · silu(g)
+static void swiglu_backward(float *dg, float *du, const float *dout, const float *g, const float *u, int64_t n) {
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < n; i++) {
+        float s = 1.0f / (1.0f + expf(-g[i]));
+        if (dg) dg[i] += dout[i] * u[i] * s * (1.0f + g[i] * (1.0f - s));
+        if (du) du[i] += dout[i] * g[i] * s;
+    }
+}
+
+static void swiglu_node_backward(Tape *t, const Node *n) {
+    Tensor *g = n->in[0], *u = n->in[1];
+    swiglu_backward(tape_grad(t, g), tape_grad(t, u), n->out->grad, g->data, u->data, g->n);
+}
+
+// The output of an elementwise op of a and b (shaped like a), with its node recorded.
+static Tensor *elementwise_pair(Tape *t, Tensor *a, Tensor *b, BackwardFn backward, const char *op) {
+    if (a->n != b->n || tensor_cols(a) != tensor_cols(b))
+        die_internal("%s: %lld vs %lld elements", op, (long long)a->n, (long long)b->n);
+    Tensor *out = tape_result(t, a->ndim, a->shape, any_rg(a, b, NULL));
+    Node *n = tape_record(t, backward, out);
+    if (n) {
+        n->in[0] = a;
+        n->in[1] = b;
+    }
+    return out;
+}
+
+Tensor *op_swiglu(Tape *t, Tensor *gate, Tensor *up) {
+    Tensor *out = elementwise_pair(t, gate, up, swiglu_node_backward, "op_swiglu");
+    swiglu_forward(out->data, gate->data, up->data, gate->n);
+    return out;
+}
+
+// ---- add ------------------------------------------------------------------------------------
+
+// a (n), b (n) -> out (n)      out = a + b
+static void add_forward(float *out, const float *a, const float *b, int64_t n) {
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < n; i++) out[i] = a[i] + b[i];
+}
+
+// dout (n) -> dx (n) +=
+static void add_backward(float *dx, const float *dout, int64_t n) {
+    if (!dx) return;
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < n; i++) dx[i] += dout[i];
+}
+
+static void add_node_backward(Tape *t, const Node *n) {
+    add_backward(tape_grad(t, n->in[0]), n->out->grad, n->out->n);
+    add_backward(tape_grad(t, n->in[1]), n->out->grad, n->out->n);
+}
+
+Tensor *op_add(Tape *t, Tensor *a, Tensor *b) {
+    Tensor *out = elementwise_pair(t, a, b, add_node_backward, "op_add");
+    add_forward(out->data, a->data, b->data, a->n);
+    return out;
+}
+
+// ---- cross-entropy --------------------------------------------------------------------------
+
+// logits (N,V), targets (N) -> loss (N) (0 on ignored rows), lse (N) = log Σ exp(logits)
+static void cross_entropy_forward(float *loss, float *lse, const float *logits, const int *targets, int64_t N,
+                                  int64_t V) {
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < N; i++) {
+        loss[i] = 0.0f;
+        if (targets[i] < 0) continue;
+        const float *li = logits + i * V;
+        float mx = -INFINITY;
+        for (int64_t j = 0; j < V; j++) mx = li[j] > mx ? li[j] : mx;
+        float sum = 0.0f;
+        for (int64_t j = 0; j < V; j++) sum += expf(li[j] - mx);
+        lse[i] = mx + logf(sum);
+        loss[i] = lse[i] - li[targets[i]];
+    }
+}
+
+// dloss (scalar), logits (N,V), targets, lse (N) -> dlogits (N,V) +=
+//   kept rows: (softmax - onehot(target)) · dloss / norm; ignored rows: nothing
+static void cross_entropy_backward(float *dlogits, float dloss, const float *logits, const int *targets,
+                                   const float *lse, int64_t N, int64_t V, float norm) {
+    float k = dloss / norm;
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < N; i++) {
+        if (targets[i] < 0) continue;
+        const float *li = logits + i * V;
+        float *di = dlogits + i * V;
+        for (int64_t j = 0; j < V; j++) di[j] += expf(li[j] - lse[i]) * k;
+        di[targets[i]] -= k;
+    }
+}
+
+static void cross_entropy_node_backward(Tape *t, const Node *n) {
+    Tensor *logits = n->in[0];
+    cross_entropy_backward(tape_grad(t, logits), n->out->grad[0], logits->data, n->saved[0], n->saved[1],
+                           n->d[0], n->d[1], n->f[0]);
+}
+
+Tensor *op_cross_entropy(Tape *t, Tensor *logits, const int *targets, float norm) {
+    int64_t V = tensor_cols(logits), N = tensor_rows(logits);
+    for (int64_t i = 0; i < N; i++)
+        if (targets[i] >= V)
+            die_internal("op_cross_entropy: target %d at row %lld outside [0,%lld)", targets[i], (long long)i,
+                         (long long)V);
+    if (!(norm > 0.0f)) die_internal("op_cross_entropy: normaliser %g", (double)norm);
+    int64_t shape[1] = {1};
+    Tensor *out = tape_result(t, 1, shape, logits->requires_grad);
+    float *lse = tape_alloc(t, (size_t)N * sizeof(float));
+    float *loss = tape_scratch(t, SCR_A, (size_t)N);
+    cross_entropy_forward(loss, lse, logits->data, targets, N, V);
+    double total = 0.0;  // summed in row order: the same result whatever the thread count
+    for (int64_t i = 0; i < N; i++) total += loss[i];
+    out->data[0] = (float)(total / norm);
+    Node *n = tape_record(t, cross_entropy_node_backward, out);
+    if (n) {
+        n->in[0] = logits;
+        n->saved[0] = tape_ints(t, targets, N);
+        n->saved[1] = lse;
+        n->d[0] = N;
+        n->d[1] = V;
+        n->f[0] = norm;
+    }
+    return out;
+}

@@ -1,0 +1,105 @@
+// The Llama forward pass — one function for training (recorded on the tape) and for
+// generation (recording off, keys/values appended to a KV cache).
+#include <stdlib.h>
+#include <string.h>
+
+#include "model/model.h"
+
+KVCache *kv_new(const ModelConfig *cfg, int max_seq, Err *e) {
+    KVCache *kv = xcalloc(1, sizeof *kv, "KV cache", e);
+    if (!kv) return NULL;
+    kv->max_seq = max_seq;
+    kv->n_layers = cfg->n_layers;
+    kv->kv_dim = cfg->n_kv_heads * cfg->head_dim;
+    size_t n = (size_t)cfg->n_layers * max_seq * kv->kv_dim;
+    kv->k = xmalloc_aligned(n * sizeof(float), "KV cache keys", e);
+    kv->v = xmalloc_aligned(n * sizeof(float), "KV cache values", e);
+    if (!kv->k || !kv->v) {
+        kv_free(kv);
+        return NULL;
+    }
+    return kv;
+}
+
+void kv_free(KVCache *kv) {
+    if (!kv) return;
+    free(kv->k);
+    free(kv->v);
+    free(kv);
+}
+
+void kv_reset(KVCache *kv) { kv->len = 0; }
+
+// x (N,in) -> (N,out) through base weight w[target] of layer l, plus its LoRA when present.
+static Tensor *proj(Tape *t, const Model *m, const LoraAdapter *lora, int l, LoraTarget target,
+                    Tensor *x) {
+    const Weight *w = &m->layers[l].w[target];
+    if (lora) {
+        Tensor *A = lora->A[l * LT_COUNT + target], *B = lora->B[l * LT_COUNT + target];
+        if (A) return op_lora_linear(t, x, w, A, B, lora->scale, lora->dropout);
+    }
+    return op_linear(t, x, w);
+}
+
+// k or v (T, kv_dim) of layer l appended to the cache at positions kv->len..; returns a
+// view of the cache's first kv->len + T positions, shaped (1, Tk, kv_dim).
+static Tensor *cache_append(Tape *t, KVCache *kv, float *store, int l, const Tensor *x, int T) {
+    float *base = store + (size_t)l * kv->max_seq * kv->kv_dim;
+    memcpy(base + (size_t)kv->len * kv->kv_dim, x->data, (size_t)T * kv->kv_dim * sizeof(float));
+    int64_t shape[3] = {1, kv->len + T, kv->kv_dim};
+    return tape_view(t, base, 3, shape);
+}
+
+Tensor *model_forward(Tape *t, const Model *m, const LoraAdapter *lora, const int *ids, int B,
+                      int T, KVCache *kv, int last_only) {
+    const ModelConfig *c = &m->cfg;
+    const int H = c->n_heads, KVH = c->n_kv_heads, D = c->head_dim;
+    if (kv && (B != 1 || kv->len + T > kv->max_seq))
+        die_internal("model_forward: KV cache needs B == 1 and room for %d more positions", T);
+    if (last_only && tape_recording(t)) die_internal("model_forward: last_only is for inference");
+    const int pos0 = kv ? kv->len : 0;
+    const int64_t N = (int64_t)B * T;
+
+    Tensor *x = op_embedding(t, m->tok_emb, ids, N);  // (B*T, C)
+    for (int l = 0; l < c->n_layers; l++) {
+        const Layer *L = &m->layers[l];
+        // attention block
+        Tensor *h = op_rmsnorm(t, x, L->attn_norm, c->norm_eps);
+        Tensor *q = proj(t, m, lora, l, LT_Q, h);  // (B*T, H*D)
+        Tensor *k = proj(t, m, lora, l, LT_K, h);  // (B*T, KVH*D)
+        Tensor *v = proj(t, m, lora, l, LT_V, h);  // (B*T, KVH*D)
+        q = op_rope(t, q, B, T, H, D, pos0, m->inv_freq, ROPE_HALF);
+        k = op_rope(t, k, B, T, KVH, D, pos0, m->inv_freq, ROPE_HALF);
+        int64_t Tk = T;
+        if (kv) {
+            k = cache_append(t, kv, kv->k, l, k, T);
+            v = cache_append(t, kv, kv->v, l, v, T);
+            Tk = pos0 + T;
+        }
+        Tensor *a = op_attention(t, q, k, v, B, T, Tk, H, KVH, D, 0);  // (B*T, H*D)
+        x = op_add(t, x, proj(t, m, lora, l, LT_O, a));
+        // MLP block
+        h = op_rmsnorm(t, x, L->ffn_norm, c->norm_eps);
+        Tensor *g = proj(t, m, lora, l, LT_GATE, h);  // (B*T, F)
+        Tensor *u = proj(t, m, lora, l, LT_UP, h);    // (B*T, F)
+        x = op_add(t, x, proj(t, m, lora, l, LT_DOWN, op_swiglu(t, g, u)));
+    }
+    if (kv) kv->len += T;
+    if (last_only) {
+        // keep only the last position of each row: (B, C)
+        int64_t shape[2] = {B, c->dim};
+        Tensor *last = tape_tensor(t, 2, shape);
+        for (int b = 0; b < B; b++)
+            memcpy(last->data + (size_t)b * c->dim, x->data + ((size_t)b * T + T - 1) * c->dim,
+                   (size_t)c->dim * sizeof(float));
+        x = last;
+    }
+    x = op_rmsnorm(t, x, m->final_norm, c->norm_eps);
+    return op_linear(t, x, &m->lm_head);  // (B*T, V) or (B, V)
+}
+
+Tensor *model_loss(Tape *t, const Model *m, const LoraAdapter *lora, const int *ids,
+                   const int *targets, int B, int T, float norm) {
+    Tensor *logits = model_forward(t, m, lora, ids, B, T, NULL, 0);
+    return op_cross_entropy(t, logits, targets, norm);
+}

@@ -1,0 +1,903 @@
+// autograd: every op's backward against central finite differences, forwards against naive
+// double-precision references, and the tape's bookkeeping (frozen tensors, reset, recording).
+//
+// Gradient checks use the scalar L = Σ out · r (r a fixed random projection, so any output
+// shape works). Each input element is perturbed by ±eps in fp32 and
+// fd = (L(x+eps) - L(x-eps)) / 2eps is compared with the analytic gradient as
+//   err = max_i |g_i - fd_i| / max(|g_i|, |fd_i|, 0.05 · max_j |fd_j|)
+// which must stay below FD_TOL: elementwise relative, floored at 5% of the largest entry so
+// that fp32 rounding of tiny entries does not count. A wrong formula gives err ~ 1.
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "autograd/autograd.h"
+#include "tests/testutil.h"
+
+#define FD_EPS 1e-2f
+#define FD_TOL 1e-2
+
+static Rng g_rng;  // test data only
+
+static void fill(float *p, int64_t n, float scale) {
+    for (int64_t i = 0; i < n; i++) p[i] = scale * rng_normal(&g_rng);
+}
+
+static Tensor *param(int ndim, int64_t d0, int64_t d1, int64_t d2, int rg, float scale, const char *name) {
+    int64_t shape[3] = {d0, d1, d2};
+    Err e = {{0}};
+    Tensor *t = tensor_new_param(ndim, shape, rg, name, &e);
+    if (!t) {
+        fprintf(stderr, "%s\n", e.msg);
+        exit(2);
+    }
+    fill(t->data, t->n, scale);
+    return t;
+}
+
+// ---- finite-difference machinery ----------------------------------------------------------
+
+typedef Tensor *(*Fwd)(Tape *t, void *ctx);
+
+static double project(const Tensor *out, const float *r) {
+    double s = 0;
+    for (int64_t i = 0; i < out->n; i++) s += (double)out->data[i] * r[i];
+    return s;
+}
+
+// L = Σ out · r with recording off (forward only); the tape RNG is reseeded so dropout masks
+// are the same in every evaluation.
+static double eval_loss(Tape *t, Fwd f, void *ctx, const float *r, uint64_t seed) {
+    tape_reset(t);
+    tape_seed(t, seed);
+    int rec = tape_recording(t);
+    tape_set_recording(t, 0);
+    double L = project(f(t, ctx), r);
+    tape_set_recording(t, rec);
+    return L;
+}
+
+// Forward on the tape, then backward of L = Σ out · r. out is viewed as a (1,n) row `flat`
+// sharing its gradient buffer, so L = op_linear(flat, r) is a scalar on the tape.
+static Tensor *run_backward(Tape *t, Fwd f, void *ctx, float **r, uint64_t seed) {
+    tape_reset(t);
+    tape_seed(t, seed);
+    Tensor *out = f(t, ctx);
+    if (!*r) {
+        *r = malloc((size_t)out->n * sizeof(float));
+        fill(*r, out->n, 1.0f);
+    }
+    if (!out->requires_grad) return out;
+    float *g = tape_alloc(t, (size_t)out->n * sizeof(float));
+    memset(g, 0, (size_t)out->n * sizeof(float));
+    out->grad = g;
+    int64_t fshape[2] = {1, out->n};
+    Tensor *flat = tape_view(t, out->data, 2, fshape);
+    flat->requires_grad = 1;
+    flat->grad = g;
+    Weight R = {WT_F32, 1, out->n, *r, 0, "r"};
+    Tensor *L = op_linear(t, flat, &R);
+    tape_backward(t, L);
+    return out;
+}
+
+// Checks the gradients of every tensor in xs (NULL-terminated) against finite differences.
+static void check_fd(const char *name, Tape *t, Fwd f, void *ctx, Tensor **xs, uint64_t seed) {
+    for (int k = 0; xs[k]; k++) tensor_zero_grad(xs[k]);
+    float *r = NULL;
+    run_backward(t, f, ctx, &r, seed);
+    for (int k = 0; xs[k]; k++) {
+        Tensor *x = xs[k];
+        char label[160];
+        snprintf(label, sizeof label, "%s d/d%s", name, x->name);
+        if (!x->grad) {
+            CHECK(label, 0, "no gradient");
+            continue;
+        }
+        double *fd = malloc((size_t)x->n * sizeof(double));
+        double fdmax = 0;
+        for (int64_t i = 0; i < x->n; i++) {
+            float x0 = x->data[i];
+            x->data[i] = x0 + FD_EPS;
+            double lp = eval_loss(t, f, ctx, r, seed);
+            x->data[i] = x0 - FD_EPS;
+            double lm = eval_loss(t, f, ctx, r, seed);
+            x->data[i] = x0;
+            fd[i] = (lp - lm) / (2.0 * (double)FD_EPS);
+            if (fabs(fd[i]) > fdmax) fdmax = fabs(fd[i]);
+        }
+        double err = 0;
+        for (int64_t i = 0; i < x->n; i++) {
+            double g = x->grad[i], d = fabs(g - fd[i]);
+            double s = fmax(fmax(fabs(g), fabs(fd[i])), 0.05 * fdmax);
+            if (s > 0 && d / s > err) err = d / s;
+        }
+        CHECK(label, err < FD_TOL && fdmax > 0, "max rel err %.3g (max |grad| %.3g)", err, fdmax);
+        printf("    %s: max rel err %.2e over %lld elements\n", label, err, (long long)x->n);
+        free(fd);
+    }
+    free(r);
+}
+
+// ---- lora_linear ----------------------------------------------------------------------------
+
+typedef struct {
+    Tensor *x, *A, *B;
+    Weight W;
+    float scale, p;
+} LinCtx;
+
+static Tensor *lin_fwd(Tape *t, void *c) {
+    LinCtx *l = c;
+    return op_lora_linear(t, l->x, &l->W, l->A, l->B, l->scale, l->p);
+}
+
+// W (OC,C) as a Weight of the given type holding exactly the values of f32 (rounded to bf16
+// first for WT_BF16, so both types describe the same matrix).
+static Weight make_weight(float *f32, int64_t OC, int64_t C, WeightType type) {
+    Weight w = {type, OC, C, NULL, 1, "W"};
+    if (type == WT_F32) {
+        w.data = malloc((size_t)(OC * C) * sizeof(float));
+        memcpy(w.data, f32, (size_t)(OC * C) * sizeof(float));
+    } else {
+        uint16_t *b = malloc((size_t)(OC * C) * sizeof(uint16_t));
+        for (int64_t i = 0; i < OC * C; i++) {
+            b[i] = f32_to_bf16(f32[i]);
+            f32[i] = bf16_to_f32(b[i]);
+        }
+        w.data = b;
+    }
+    return w;
+}
+
+static void test_lora_linear(Tape *t) {
+    const int64_t N = 5, C = 6, OC = 7, r = 3;
+    for (int type = WT_F32; type <= WT_BF16; type++) {
+        for (int drop = 0; drop <= 1; drop++) {
+            LinCtx l;
+            l.x = param(2, N, C, 0, 1, 1.0f, "x");
+            l.A = param(2, r, C, 0, 1, 0.5f, "A");
+            l.B = param(2, OC, r, 0, 1, 0.5f, "B");
+            float *wf = malloc((size_t)(OC * C) * sizeof(float));
+            fill(wf, OC * C, 0.5f);
+            l.W = make_weight(wf, OC, C, (WeightType)type);
+            l.scale = 2.0f;
+            l.p = drop ? 0.3f : 0.0f;
+            tape_set_training(t, drop);
+            char name[96];
+            snprintf(name, sizeof name, "lora_linear %s%s", type == WT_F32 ? "f32" : "bf16",
+                     drop ? " dropout" : "");
+            // forward vs a naive reference (no dropout)
+            if (!drop) {
+                tape_reset(t);
+                Tensor *y = lin_fwd(t, &l);
+                double err = 0;
+                for (int64_t i = 0; i < N; i++)
+                    for (int64_t o = 0; o < OC; o++) {
+                        double ref = 0;
+                        for (int64_t c = 0; c < C; c++) ref += (double)l.x->data[i * C + c] * wf[o * C + c];
+                        for (int64_t k = 0; k < r; k++) {
+                            double h = 0;
+                            for (int64_t c = 0; c < C; c++)
+                                h += (double)l.x->data[i * C + c] * l.A->data[k * C + c];
+                            ref += l.scale * h * l.B->data[o * r + k];
+                        }
+                        double d = fabs(ref - y->data[i * OC + o]) / fmax(fabs(ref), 1e-3);
+                        if (d > err) err = d;
+                    }
+                char lab[256];
+                snprintf(lab, sizeof lab, "%s forward vs naive", name);
+                CHECK(lab, err < 1e-5, "rel err %.3g", err);
+            } else {
+                // dropout really drops: with p = 0.3 some outputs must differ from the p = 0 ones,
+                // and the same seed gives the same result
+                tape_reset(t);
+                tape_seed(t, 42);
+                Tensor *y1 = lin_fwd(t, &l);
+                tape_seed(t, 42);
+                Tensor *y2 = lin_fwd(t, &l);
+                l.p = 0.0f;
+                Tensor *y0 = lin_fwd(t, &l);
+                l.p = 0.3f;
+                char lab[256];
+                snprintf(lab, sizeof lab, "%s same seed same mask, differs from no dropout", name);
+                CHECK(lab, !memcmp(y1->data, y2->data, N * OC * 4) && memcmp(y1->data, y0->data, N * OC * 4),
+                      "masks not reproducible or dropout inactive");
+            }
+            Tensor *xs[] = {l.x, l.A, l.B, NULL};
+            check_fd(name, t, lin_fwd, &l, xs, 7);
+            tape_set_training(t, 0);
+            tensor_free(l.x);
+            tensor_free(l.A);
+            tensor_free(l.B);
+            weight_free(&l.W);
+            free(wf);
+        }
+    }
+}
+
+// bf16 weights span several conversion tiles: results equal the fp32 weight's.
+static void test_bf16_tiles(Tape *t) {
+    const int64_t N = 3, C = 2048, OC = 1100, r = 4;
+    float *wf = malloc((size_t)(OC * C) * sizeof(float));
+    fill(wf, OC * C, 0.02f);
+    Weight wb = make_weight(wf, OC, C, WT_BF16);  // rounds wf to bf16 values
+    Weight w32 = make_weight(wf, OC, C, WT_F32);
+    Tensor *x = param(2, N, C, 0, 1, 1.0f, "x");
+    Tensor *A = param(2, r, C, 0, 1, 0.02f, "A");
+    Tensor *B = param(2, OC, r, 0, 1, 0.1f, "B");
+    float *res[2][4];
+    for (int k = 0; k < 2; k++) {
+        tensor_zero_grad(x);
+        tensor_zero_grad(A);
+        tensor_zero_grad(B);
+        tape_reset(t);
+        Tensor *y = op_lora_linear(t, x, k ? &wb : &w32, A, B, 1.5f, 0.0f);
+        Tensor *l = op_cross_entropy(t, y, (int[]){1, 1099, 500}, 3.0f);
+        tape_backward(t, l);
+        float *bufs[4] = {y->data, x->grad, A->grad, B->grad};
+        int64_t ns[4] = {N * OC, N * C, r * C, OC * r};
+        for (int j = 0; j < 4; j++) {
+            res[k][j] = malloc((size_t)ns[j] * sizeof(float));
+            memcpy(res[k][j], bufs[j], (size_t)ns[j] * sizeof(float));
+        }
+    }
+    double e0 = tu_max_rel_err(res[0][0], res[1][0], N * OC, 0.05);  // outputs ~ N(0, 0.9²)
+    double e1 = tu_max_rel_err(res[0][1], res[1][1], N * C, 1e-4);
+    double e2 = tu_max_rel_err(res[0][2], res[1][2], r * C, 1e-4);
+    double e3 = tu_max_rel_err(res[0][3], res[1][3], OC * r, 1e-4);
+    CHECK("lora_linear bf16 multi-tile forward = f32", e0 < 1e-5, "rel err %.3g", e0);
+    CHECK("lora_linear bf16 multi-tile grads = f32", e1 < 1e-4 && e2 < 1e-4 && e3 < 1e-4,
+          "rel err dx %.3g dA %.3g dB %.3g", e1, e2, e3);
+    printf("    bf16 vs f32 weight: out %.2e dx %.2e dA %.2e dB %.2e\n", e0, e1, e2, e3);
+    for (int k = 0; k < 2; k++)
+        for (int j = 0; j < 4; j++) free(res[k][j]);
+    tensor_free(x);
+    tensor_free(A);
+    tensor_free(B);
+    weight_free(&wb);
+    weight_free(&w32);
+    free(wf);
+}
+
+// ---- rmsnorm --------------------------------------------------------------------------------
+
+typedef struct {
+    Tensor *x, *w;
+} NormCtx;
+
+static Tensor *norm_fwd(Tape *t, void *c) {
+    NormCtx *n = c;
+    return op_rmsnorm(t, n->x, n->w, 1e-5f);
+}
+
+static void test_rmsnorm(Tape *t) {
+    const int64_t N = 4, C = 8;
+    NormCtx n = {param(2, N, C, 0, 1, 1.0f, "x"), param(1, C, 0, 0, 1, 1.0f, "w")};
+    for (int64_t i = 0; i < C; i++) n.w->data[i] += 1.0f;
+    tape_reset(t);
+    Tensor *y = norm_fwd(t, &n);
+    double err = 0;
+    for (int64_t i = 0; i < N; i++) {
+        double ss = 0;
+        for (int64_t c = 0; c < C; c++) ss += (double)n.x->data[i * C + c] * n.x->data[i * C + c];
+        double rs = 1.0 / sqrt(ss / C + 1e-5);
+        for (int64_t c = 0; c < C; c++) {
+            double ref = n.x->data[i * C + c] * rs * n.w->data[c];
+            err = fmax(err, fabs(ref - y->data[i * C + c]) / fmax(fabs(ref), 1e-3));
+        }
+    }
+    CHECK("rmsnorm forward vs naive", err < 1e-5, "rel err %.3g", err);
+    Tensor *xs[] = {n.x, n.w, NULL};
+    check_fd("rmsnorm", t, norm_fwd, &n, xs, 1);
+    tensor_free(n.x);
+    tensor_free(n.w);
+}
+
+// ---- rope -----------------------------------------------------------------------------------
+
+typedef struct {
+    Tensor *x;
+    int64_t B, T;
+    int H, D, pos0;
+    float inv_freq[32];
+    RopeStyle style;
+} RopeCtx;
+
+static Tensor *rope_fwd(Tape *t, void *c) {
+    RopeCtx *r = c;
+    return op_rope(t, r->x, r->B, r->T, r->H, r->D, r->pos0, r->inv_freq, r->style);
+}
+
+static void test_rope(Tape *t) {
+    RopeCtx r = {.B = 2, .T = 3, .H = 2, .D = 8, .pos0 = 5};
+    for (int i = 0; i < r.D / 2; i++) r.inv_freq[i] = powf(10000.0f, -2.0f * i / r.D);
+    int64_t HD = r.H * r.D, n = r.B * r.T * HD;
+    r.x = param(3, r.B, r.T, HD, 1, 1.0f, "x");
+    // forward vs the formula (HF rotate_half), in double
+    r.style = ROPE_HALF;
+    tape_reset(t);
+    Tensor *y = rope_fwd(t, &r);
+    double err = 0;
+    for (int64_t b = 0; b < r.B; b++)
+        for (int64_t tt = 0; tt < r.T; tt++)
+            for (int h = 0; h < r.H; h++)
+                for (int i = 0; i < r.D; i++) {
+                    int64_t base = (b * r.T + tt) * HD + h * r.D;
+                    int half = r.D / 2, j = i % half;
+                    double ang = (double)(r.pos0 + tt) * r.inv_freq[j];
+                    double x1 = r.x->data[base + j], x2 = r.x->data[base + j + half];
+                    double ref = i < half ? x1 * cos(ang) - x2 * sin(ang) : x2 * cos(ang) + x1 * sin(ang);
+                    err = fmax(err, fabs(ref - y->data[base + i]));
+                }
+    CHECK("rope half forward vs formula", err < 1e-5, "abs err %.3g", err);
+    // ROPE_ADJACENT on x with rows (i, i+D/2) moved to (2i, 2i+1) gives the same rotation
+    float *xperm = malloc((size_t)n * sizeof(float)), *yhalf = malloc((size_t)n * sizeof(float));
+    memcpy(yhalf, y->data, (size_t)n * sizeof(float));
+    int half = r.D / 2;
+    for (int64_t p = 0; p < n / r.D; p++)
+        for (int i = 0; i < half; i++) {
+            xperm[p * r.D + 2 * i] = r.x->data[p * r.D + i];
+            xperm[p * r.D + 2 * i + 1] = r.x->data[p * r.D + i + half];
+        }
+    int64_t shape[3] = {r.B, r.T, HD};
+    Tensor *xv = tape_view(t, xperm, 3, shape);
+    Tensor *ya = op_rope(t, xv, r.B, r.T, r.H, r.D, r.pos0, r.inv_freq, ROPE_ADJACENT);
+    double d = 0;
+    for (int64_t p = 0; p < n / r.D; p++)
+        for (int i = 0; i < half; i++) {
+            d = fmax(d, fabs(ya->data[p * r.D + 2 * i] - yhalf[p * r.D + i]));
+            d = fmax(d, fabs(ya->data[p * r.D + 2 * i + 1] - yhalf[p * r.D + i + half]));
+        }
+    CHECK("rope adjacent = half on permuted rows", d < 1e-6, "abs diff %.3g", d);
+    free(xperm);
+    free(yhalf);
+    r.style = ROPE_HALF;
+    Tensor *xs[] = {r.x, NULL};
+    check_fd("rope half pos0=5", t, rope_fwd, &r, xs, 1);
+    r.style = ROPE_ADJACENT;
+    check_fd("rope adjacent pos0=5", t, rope_fwd, &r, xs, 1);
+    tensor_free(r.x);
+}
+
+// ---- attention ------------------------------------------------------------------------------
+
+typedef struct {
+    Tensor *q, *k, *v;
+    int64_t B, Tq, Tk;
+    int H, KVH, D, window;
+} AttnCtx;
+
+static Tensor *attn_fwd(Tape *t, void *c) {
+    AttnCtx *a = c;
+    return op_attention(t, a->q, a->k, a->v, a->B, a->Tq, a->Tk, a->H, a->KVH, a->D, a->window);
+}
+
+// Naive attention in double: out (B,Tq,H*D).
+static void attn_naive(const AttnCtx *a, double *out) {
+    int64_t HD = a->H * a->D, KD = a->KVH * a->D;
+    double *s = malloc((size_t)a->Tk * sizeof(double));
+    for (int64_t b = 0; b < a->B; b++)
+        for (int h = 0; h < a->H; h++) {
+            int kh = h / (a->H / a->KVH);
+            for (int64_t i = 0; i < a->Tq; i++) {
+                int64_t qpos = a->Tk - a->Tq + i;
+                double mx = -1e300, sum = 0;
+                for (int64_t j = 0; j < a->Tk; j++) {
+                    int vis = j <= qpos && (a->window <= 0 || j > qpos - a->window);
+                    s[j] = -1e300;
+                    if (!vis) continue;
+                    double dot = 0;
+                    for (int dd = 0; dd < a->D; dd++)
+                        dot += (double)a->q->data[(b * a->Tq + i) * HD + h * a->D + dd] *
+                               a->k->data[(b * a->Tk + j) * KD + kh * a->D + dd];
+                    s[j] = dot / sqrt((double)a->D);
+                    if (s[j] > mx) mx = s[j];
+                }
+                for (int64_t j = 0; j < a->Tk; j++) {
+                    s[j] = s[j] > -1e299 ? exp(s[j] - mx) : 0.0;
+                    sum += s[j];
+                }
+                for (int dd = 0; dd < a->D; dd++) {
+                    double o = 0;
+                    for (int64_t j = 0; j < a->Tk; j++) o += s[j] / sum * a->v->data[(b * a->Tk + j) * KD + kh * a->D + dd];
+                    out[(b * a->Tq + i) * HD + h * a->D + dd] = o;
+                }
+            }
+        }
+    free(s);
+}
+
+static void test_attention(Tape *t) {
+    int windows[2] = {0, 3};
+    for (int wi = 0; wi < 2; wi++) {
+        AttnCtx a = {.B = 2, .Tq = 3, .Tk = 5, .H = 4, .KVH = 2, .D = 4, .window = windows[wi]};
+        int64_t HD = a.H * a.D, KD = a.KVH * a.D;
+        a.q = param(3, a.B, a.Tq, HD, 1, 1.0f, "q");
+        a.k = param(3, a.B, a.Tk, KD, 1, 1.0f, "k");
+        a.v = param(3, a.B, a.Tk, KD, 1, 1.0f, "v");
+        char name[96];
+        snprintf(name, sizeof name, "attention H=4 KVH=2 Tq=3 Tk=5 window=%d", a.window);
+        // forward vs naive, recording on (probabilities saved) and off (scratch rows)
+        int64_t no = a.B * a.Tq * HD;
+        double *ref = malloc((size_t)no * sizeof(double));
+        attn_naive(&a, ref);
+        tape_reset(t);
+        Tensor *y1 = attn_fwd(t, &a);
+        tape_set_recording(t, 0);
+        Tensor *y2 = attn_fwd(t, &a);
+        tape_set_recording(t, 1);
+        double err = 0;
+        for (int64_t i = 0; i < no; i++) err = fmax(err, fabs(ref[i] - y1->data[i]) / fmax(fabs(ref[i]), 1e-2));
+        char lab[160];
+        snprintf(lab, sizeof lab, "%s forward vs naive", name);
+        CHECK(lab, err < 1e-5, "rel err %.3g", err);
+        snprintf(lab, sizeof lab, "%s recording off = on", name);
+        CHECK(lab, !memcmp(y1->data, y2->data, (size_t)no * sizeof(float)), "outputs differ");
+        free(ref);
+        Tensor *xs[] = {a.q, a.k, a.v, NULL};
+        check_fd(name, t, attn_fwd, &a, xs, 1);
+        tensor_free(a.q);
+        tensor_free(a.k);
+        tensor_free(a.v);
+    }
+    // decoding one query at the end of the keys (as with a KV cache) gives the last row of the
+    // full causal attention
+    AttnCtx a = {.B = 1, .Tq = 6, .Tk = 6, .H = 4, .KVH = 1, .D = 8, .window = 0};
+    int64_t HD = a.H * a.D, KD = a.KVH * a.D;
+    a.q = param(3, 1, 6, HD, 0, 1.0f, "q");
+    a.k = param(3, 1, 6, KD, 0, 1.0f, "k");
+    a.v = param(3, 1, 6, KD, 0, 1.0f, "v");
+    tape_reset(t);
+    Tensor *full = attn_fwd(t, &a);
+    int64_t s1[3] = {1, 1, HD};
+    Tensor *qlast = tape_view(t, a.q->data + 5 * HD, 3, s1);
+    Tensor *one = op_attention(t, qlast, a.k, a.v, 1, 1, 6, a.H, a.KVH, a.D, 0);
+    double e = tu_max_rel_err(full->data + 5 * HD, one->data, HD, 1e-3);
+    CHECK("attention Tq=1 decode = last row of full", e < 1e-5, "rel err %.3g", e);
+    tensor_free(a.q);
+    tensor_free(a.k);
+    tensor_free(a.v);
+}
+
+// ---- swiglu, add, embedding, cross-entropy --------------------------------------------------
+
+typedef struct {
+    Tensor *a, *b;
+    int which;  // 0 swiglu, 1 add
+} PairCtx;
+
+static Tensor *pair_fwd(Tape *t, void *c) {
+    PairCtx *p = c;
+    return p->which ? op_add(t, p->a, p->b) : op_swiglu(t, p->a, p->b);
+}
+
+static void test_swiglu_add(Tape *t) {
+    PairCtx p = {param(2, 3, 5, 0, 1, 1.5f, "gate"), param(2, 3, 5, 0, 1, 1.0f, "up"), 0};
+    tape_reset(t);
+    Tensor *y = pair_fwd(t, &p);
+    double err = 0;
+    for (int64_t i = 0; i < 15; i++) {
+        double g = p.a->data[i], ref = g / (1 + exp(-g)) * p.b->data[i];
+        err = fmax(err, fabs(ref - y->data[i]) / fmax(fabs(ref), 1e-3));
+    }
+    CHECK("swiglu forward vs naive", err < 1e-5, "rel err %.3g", err);
+    Tensor *xs[] = {p.a, p.b, NULL};
+    check_fd("swiglu", t, pair_fwd, &p, xs, 1);
+    p.which = 1;
+    check_fd("add", t, pair_fwd, &p, xs, 1);
+    tensor_free(p.a);
+    tensor_free(p.b);
+}
+
+typedef struct {
+    Tensor *table;
+    int ids[7];
+} EmbCtx;
+
+static Tensor *emb_fwd(Tape *t, void *c) {
+    EmbCtx *e = c;
+    return op_embedding(t, e->table, e->ids, 7);
+}
+
+static void test_embedding(Tape *t) {
+    EmbCtx e = {param(2, 6, 4, 0, 1, 1.0f, "table"), {3, 0, 5, 3, 3, 1, 0}};
+    tape_reset(t);
+    Tensor *y = emb_fwd(t, &e);
+    int ok = y->ndim == 2 && y->shape[0] == 7 && y->shape[1] == 4;
+    for (int i = 0; i < 7 && ok; i++) ok = !memcmp(y->data + i * 4, e.table->data + e.ids[i] * 4, 16);
+    CHECK("embedding forward gathers rows", ok, "wrong rows");
+    Tensor *xs[] = {e.table, NULL};
+    check_fd("embedding (repeated ids)", t, emb_fwd, &e, xs, 1);
+    // row 2 and 4 are never used: exactly zero gradient
+    CHECK("embedding unused rows get zero grad",
+          e.table->grad[2 * 4] == 0 && e.table->grad[4 * 4 + 3] == 0 && e.table->grad[3 * 4] != 0,
+          "unexpected gradient pattern");
+    tensor_free(e.table);
+}
+
+typedef struct {
+    Tensor *logits;
+    int targets[5];
+    float norm;
+} CeCtx;
+
+static Tensor *ce_fwd(Tape *t, void *c) {
+    CeCtx *ce = c;
+    return op_cross_entropy(t, ce->logits, ce->targets, ce->norm);
+}
+
+static void test_cross_entropy(Tape *t) {
+    CeCtx ce = {param(2, 5, 7, 0, 1, 2.0f, "logits"), {3, -100, 1, 6, -1}, 2.5f};
+    // a large logit (the target of its row, so the loss stays O(1) and the fp32 rounding of
+    // L small for finite differences): log-sum-exp must stay stable
+    ce.logits->data[2 * 7 + 1] = 80.0f;
+    tape_reset(t);
+    Tensor *y = ce_fwd(t, &ce);
+    double ref = 0;
+    for (int i = 0; i < 5; i++) {
+        if (ce.targets[i] < 0) continue;
+        const float *l = ce.logits->data + i * 7;
+        double mx = -1e300, s = 0;
+        for (int j = 0; j < 7; j++) mx = fmax(mx, l[j]);
+        for (int j = 0; j < 7; j++) s += exp(l[j] - mx);
+        ref += mx + log(s) - l[ce.targets[i]];
+    }
+    ref /= ce.norm;
+    CHECK("cross_entropy forward vs naive (ignored targets)", y->n == 1 && fabs(y->data[0] - ref) < 1e-5 * fmax(1, fabs(ref)),
+          "got %.7g want %.7g", y->data[0], ref);
+    Tensor *xs[] = {ce.logits, NULL};
+    check_fd("cross_entropy", t, ce_fwd, &ce, xs, 1);
+    int zero = 1;
+    for (int j = 0; j < 7; j++) zero &= ce.logits->grad[7 + j] == 0 && ce.logits->grad[4 * 7 + j] == 0;
+    CHECK("cross_entropy ignored rows get zero grad", zero, "nonzero gradient on an ignored row");
+    tensor_free(ce.logits);
+}
+
+// ---- composed graph and tape bookkeeping ----------------------------------------------------
+
+// x -> rmsnorm(w) -> h; g = lora(h; Wg, A, B) and u = linear(h; Wu) both read h;
+// y = linear(swiglu(g, u); Wd) + x (x feeds two ops as well) -> lora(y; Wo, A2, B2) -> logits.
+typedef struct {
+    Tensor *x, *w, *A, *B, *A2, *B2;
+    Weight Wg, Wu, Wd, Wo;
+    int targets[4];
+    float p;
+} GraphCtx;
+
+static Tensor *graph_fwd(Tape *t, void *c) {
+    GraphCtx *g = c;
+    Tensor *h = op_rmsnorm(t, g->x, g->w, 1e-5f);
+    Tensor *gt = op_lora_linear(t, h, &g->Wg, g->A, g->B, 1.5f, g->p);
+    Tensor *u = op_linear(t, h, &g->Wu);
+    Tensor *y = op_add(t, op_linear(t, op_swiglu(t, gt, u), &g->Wd), g->x);
+    return op_lora_linear(t, y, &g->Wo, g->A2, g->B2, 0.5f, g->p);
+}
+
+static Tensor *graph_loss(Tape *t, GraphCtx *g) {
+    return op_cross_entropy(t, graph_fwd(t, g), g->targets, 3.0f);
+}
+
+static Weight rand_weight(int64_t OC, int64_t C, float scale) {
+    float *f = malloc((size_t)(OC * C) * sizeof(float));
+    fill(f, OC * C, scale);
+    Weight w = make_weight(f, OC, C, WT_F32);
+    free(f);
+    return w;
+}
+
+static void graph_free(GraphCtx *g) {
+    Tensor *ts[] = {g->x, g->w, g->A, g->B, g->A2, g->B2};
+    for (int i = 0; i < 6; i++) tensor_free(ts[i]);
+    weight_free(&g->Wg);
+    weight_free(&g->Wu);
+    weight_free(&g->Wd);
+    weight_free(&g->Wo);
+}
+
+static GraphCtx graph_new(int x_trainable) {
+    const int64_t N = 4, C = 6, F = 5, V = 7, r = 2;
+    GraphCtx g = {
+        .x = param(2, N, C, 0, x_trainable, 1.0f, "x"),
+        .w = param(1, C, 0, 0, 1, 0.3f, "w"),
+        .A = param(2, r, C, 0, 1, 0.5f, "A"),
+        .B = param(2, F, r, 0, 1, 0.5f, "B"),
+        .A2 = param(2, r, C, 0, 1, 0.5f, "A2"),
+        .B2 = param(2, V, r, 0, 1, 0.5f, "B2"),
+        .Wg = rand_weight(F, C, 0.5f),
+        .Wu = rand_weight(F, C, 0.5f),
+        .Wd = rand_weight(C, F, 0.5f),
+        .Wo = rand_weight(V, C, 0.5f),
+        .targets = {2, -1, 6, 0},
+    };
+    for (int64_t i = 0; i < C; i++) g.w->data[i] += 1.0f;
+    return g;
+}
+
+static void test_graph(Tape *t) {
+    GraphCtx g = graph_new(1);
+    Tensor *xs[] = {g.x, g.w, g.A, g.B, g.A2, g.B2, NULL};
+    check_fd("composed graph", t, graph_fwd, &g, xs, 3);
+    tape_set_training(t, 1);
+    g.p = 0.25f;
+    check_fd("composed graph dropout", t, graph_fwd, &g, xs, 3);
+    tape_set_training(t, 0);
+    graph_free(&g);
+}
+
+// copies loss and every gradient into buf (returns floats written)
+static int64_t snapshot(Tensor *loss, Tensor **ps, float *buf) {
+    int64_t k = 0;
+    buf[k++] = loss->data[0];
+    for (int i = 0; ps[i]; i++) {
+        memcpy(buf + k, ps[i]->grad, (size_t)ps[i]->n * sizeof(float));
+        k += ps[i]->n;
+    }
+    return k;
+}
+
+static void test_tape(Tape *t) {
+    // frozen x (a wrapped tensor) and frozen norm weight: no gradient buffers, and an op on
+    // frozen inputs only records nothing
+    GraphCtx g = graph_new(0);
+    float *xdata = g.x->data, *wdata = g.w->data;
+    int64_t xs_[2] = {4, 6}, ws_[1] = {6};
+    Err e = {{0}};
+    Tensor *xf = tensor_wrap(xdata, 2, xs_, "x frozen", &e), *wf = tensor_wrap(wdata, 1, ws_, "w frozen", &e);
+    Tensor *x0 = g.x, *w0 = g.w;
+    g.x = xf;
+    g.w = wf;
+    Tensor *ps[] = {g.A, g.B, g.A2, g.B2, NULL};
+    tape_reset(t);
+    Tensor *lin = op_linear(t, g.x, &g.Wg);
+    CHECK("op on frozen inputs needs no grad", !lin->requires_grad, "requires_grad set");
+    Tensor *loss = graph_loss(t, &g);
+    tape_backward(t, loss);
+    CHECK("frozen inputs get no grad buffer", xf->grad == NULL && wf->grad == NULL && lin->grad == NULL,
+          "x %p w %p", (void *)xf->grad, (void *)wf->grad);
+    int nz = 0;
+    for (int i = 0; ps[i]; i++)
+        for (int64_t j = 0; j < ps[i]->n; j++) nz += ps[i]->grad[j] != 0;
+    CHECK("trainable params get grads with frozen x", nz > 0, "all zero");
+
+    // reset + identical step: bit-identical loss and grads, arena does not grow (with dropout)
+    tape_set_training(t, 1);
+    g.p = 0.2f;
+    int64_t total = 1;
+    for (int i = 0; ps[i]; i++) total += ps[i]->n;
+    float *s1 = malloc((size_t)total * sizeof(float)), *s2 = malloc((size_t)total * sizeof(float));
+    size_t bytes[3];
+    for (int run = 0; run < 3; run++) {
+        for (int i = 0; ps[i]; i++) tensor_zero_grad(ps[i]);
+        tape_reset(t);
+        tape_seed(t, 99);
+        loss = graph_loss(t, &g);
+        tape_backward(t, loss);
+        bytes[run] = tape_arena_bytes(t);
+        snapshot(loss, ps, run ? s2 : s1);
+    }
+    CHECK("tape_reset: identical step is bit-identical", !memcmp(s1, s2, (size_t)total * sizeof(float)),
+          "loss %.9g vs %.9g", s1[0], s2[0]);
+    CHECK("tape_reset: arena does not grow", bytes[1] == bytes[0] && bytes[2] == bytes[0] && bytes[0] > 0,
+          "%zu %zu %zu", bytes[0], bytes[1], bytes[2]);
+
+    // two backward calls over the same tape: params accumulate exactly twice
+    tape_backward(t, loss);
+    int twice = 1;
+    int64_t k = 1;
+    for (int i = 0; ps[i]; i++)
+        for (int64_t j = 0; j < ps[i]->n; j++, k++) twice &= ps[i]->grad[j] == 2.0f * s2[k];
+    CHECK("second tape_backward accumulates into params", twice, "grad != 2x single");
+
+    // recording off: outputs need no grad, backward is a no-op, grads unchanged
+    snapshot(loss, ps, s1);
+    tape_reset(t);
+    tape_set_recording(t, 0);
+    tape_seed(t, 99);
+    loss = graph_loss(t, &g);
+    tape_backward(t, loss);
+    snapshot(loss, ps, s2);
+    CHECK("recording off: no grad, backward no-op",
+          !loss->requires_grad && !memcmp(s1 + 1, s2 + 1, (size_t)(total - 1) * sizeof(float)),
+          "grads changed");
+    CHECK("recording off: same loss", s1[0] == s2[0], "%.9g vs %.9g", s1[0], s2[0]);
+    tape_set_recording(t, 1);
+    tape_set_training(t, 0);
+    free(s1);
+    free(s2);
+    g.x = x0;
+    g.w = w0;
+    tensor_free(xf);
+    tensor_free(wf);
+    graph_free(&g);
+}
+
+// ---- PyTorch oracle -------------------------------------------------------------------------
+// The same inputs go through tests/ref_autograd.py (float64 PyTorch, reference formulations);
+// outputs and gradients of L = Σ out · r must agree to 1e-4 relative (floored at 1% of the
+// array's largest entry).
+
+typedef struct {
+    char label[96];
+    float *data;
+    int64_t n;
+} Result;
+
+static Result g_res[64];
+static int g_nres;
+
+static void keep(const char *label, const float *data, int64_t n) {
+    Result *r = &g_res[g_nres++];
+    snprintf(r->label, sizeof r->label, "%s", label);
+    r->data = malloc((size_t)n * sizeof(float));
+    memcpy(r->data, data, (size_t)n * sizeof(float));
+    r->n = n;
+}
+
+static void put(FILE *f, const float *d, int64_t n) {
+    int32_t nd = 1;
+    fwrite(&nd, 4, 1, f);
+    fwrite(&n, 8, 1, f);
+    fwrite(d, 4, (size_t)n, f);
+}
+
+static void put_tensor(FILE *f, const Tensor *t) {
+    int32_t nd = t->ndim;
+    fwrite(&nd, 4, 1, f);
+    fwrite(t->shape, 8, (size_t)nd, f);
+    fwrite(t->data, 4, (size_t)t->n, f);
+}
+
+static float *put_random(FILE *f, int64_t n) {
+    float *r = malloc((size_t)n * sizeof(float));
+    fill(r, n, 1.0f);
+    put(f, r, n);
+    return r;
+}
+
+// Runs f with backward of Σ out · r and keeps out and the gradients of xs.
+static void oracle_case(const char *name, Tape *t, Fwd f, void *ctx, Tensor **xs, float *r) {
+    for (int k = 0; xs[k]; k++) tensor_zero_grad(xs[k]);
+    Tensor *out = run_backward(t, f, ctx, &r, 1);
+    char lab[96];
+    snprintf(lab, sizeof lab, "%s out", name);
+    keep(lab, out->data, out->n);
+    for (int k = 0; xs[k]; k++) {
+        snprintf(lab, sizeof lab, "%s d/d%s", name, xs[k]->name);
+        keep(lab, xs[k]->grad, xs[k]->n);
+    }
+    free(r);
+}
+
+static void test_torch(Tape *t) {
+    char dir[256], in[300], out[300], cmd[1000];
+    tu_tmpdir("autograd_ref", dir, sizeof dir);
+    snprintf(in, sizeof in, "%s/in.bin", dir);
+    snprintf(out, sizeof out, "%s/out.bin", dir);
+    FILE *f = fopen(in, "wb");
+    if (!f) {
+        CHECK("pytorch oracle: write inputs", 0, "cannot write %s", in);
+        return;
+    }
+    g_nres = 0;
+    // rope: x, inv_freq, meta, r_half, r_adjacent
+    RopeCtx ro = {.B = 2, .T = 3, .H = 2, .D = 8, .pos0 = 7};
+    for (int i = 0; i < ro.D / 2; i++) ro.inv_freq[i] = powf(10000.0f, -2.0f * i / ro.D);
+    ro.x = param(3, ro.B, ro.T, ro.H * ro.D, 1, 1.0f, "x");
+    put_tensor(f, ro.x);
+    put(f, ro.inv_freq, ro.D / 2);
+    put(f, (float[]){2, 3, 2, 8, 7}, 5);
+    float *r1 = put_random(f, ro.x->n), *r2 = put_random(f, ro.x->n);
+    Tensor *xr[] = {ro.x, NULL};
+    ro.style = ROPE_HALF;
+    oracle_case("rope half", t, rope_fwd, &ro, xr, r1);
+    ro.style = ROPE_ADJACENT;
+    oracle_case("rope adjacent", t, rope_fwd, &ro, xr, r2);
+    // attention: q, k, v, meta, r
+    AttnCtx a = {.B = 2, .Tq = 3, .Tk = 6, .H = 4, .KVH = 2, .D = 8, .window = 4};
+    a.q = param(3, a.B, a.Tq, a.H * a.D, 1, 1.0f, "q");
+    a.k = param(3, a.B, a.Tk, a.KVH * a.D, 1, 1.0f, "k");
+    a.v = param(3, a.B, a.Tk, a.KVH * a.D, 1, 1.0f, "v");
+    put_tensor(f, a.q);
+    put_tensor(f, a.k);
+    put_tensor(f, a.v);
+    put(f, (float[]){2, 3, 6, 4, 2, 8, 4}, 7);
+    Tensor *xa[] = {a.q, a.k, a.v, NULL};
+    oracle_case("attention GQA Tq<Tk window=4", t, attn_fwd, &a, xa, put_random(f, a.q->n));
+    // rmsnorm: x, w, eps, r
+    NormCtx nc = {param(2, 3, 16, 0, 1, 1.0f, "x"), param(1, 16, 0, 0, 1, 1.0f, "w")};
+    put_tensor(f, nc.x);
+    put_tensor(f, nc.w);
+    put(f, (float[]){1e-5f}, 1);
+    Tensor *xn[] = {nc.x, nc.w, NULL};
+    oracle_case("rmsnorm", t, norm_fwd, &nc, xn, put_random(f, nc.x->n));
+    // cross-entropy: logits, targets, norm, r
+    CeCtx ce = {param(2, 5, 11, 0, 1, 2.0f, "logits"), {3, -100, 10, 0, -1}, 3.0f};
+    put_tensor(f, ce.logits);
+    put(f, (float[]){3, -100, 10, 0, -1}, 5);
+    put(f, &ce.norm, 1);
+    Tensor *xc[] = {ce.logits, NULL};
+    oracle_case("cross_entropy", t, ce_fwd, &ce, xc, put_random(f, 1));
+    // LoRA linear: x, W, A, B, scale, r
+    LinCtx l = {param(2, 4, 8, 0, 1, 1.0f, "x"), param(2, 2, 8, 0, 1, 0.5f, "A"), param(2, 6, 2, 0, 1, 0.5f, "B"),
+                {0}, 2.0f, 0.0f};
+    float wf[48];
+    fill(wf, 48, 0.5f);
+    l.W = make_weight(wf, 6, 8, WT_F32);
+    put_tensor(f, l.x);
+    int64_t wshape[2] = {6, 8};
+    Tensor *wt = tape_view(t, wf, 2, wshape);
+    put_tensor(f, wt);
+    put_tensor(f, l.A);
+    put_tensor(f, l.B);
+    put(f, &l.scale, 1);
+    Tensor *xl[] = {l.x, l.A, l.B, NULL};
+    oracle_case("lora_linear", t, lin_fwd, &l, xl, put_random(f, 4 * 6));
+    // SwiGLU: gate, up, r
+    PairCtx p = {param(2, 2, 9, 0, 1, 1.5f, "gate"), param(2, 2, 9, 0, 1, 1.0f, "up"), 0};
+    put_tensor(f, p.a);
+    put_tensor(f, p.b);
+    Tensor *xp[] = {p.a, p.b, NULL};
+    oracle_case("swiglu", t, pair_fwd, &p, xp, put_random(f, p.a->n));
+    fclose(f);
+
+    snprintf(cmd, sizeof cmd, "/usr/bin/python3 tests/ref_autograd.py %s %s", in, out);
+    if (system("/usr/bin/python3 -c 'import torch' 2>/dev/null") != 0) {
+        SKIP("pytorch oracle", "PyTorch is not installed for /usr/bin/python3");
+    } else if (system(cmd) != 0) {
+        CHECK("pytorch oracle: tests/ref_autograd.py runs", 0, "it failed");
+    } else if (!(f = fopen(out, "rb"))) {
+        CHECK("pytorch oracle: read results", 0, "cannot open %s", out);
+    } else {
+        for (int i = 0; i < g_nres; i++) {
+            Result *r = &g_res[i];
+            int32_t nd = 0;
+            int64_t dims[AG_MAXDIM] = {0}, n = 1;
+            int ok = fread(&nd, 4, 1, f) == 1 && nd >= 1 && nd <= AG_MAXDIM && fread(dims, 8, (size_t)nd, f) == (size_t)nd;
+            for (int d = 0; d < nd; d++) n *= dims[d];
+            ok = ok && n == r->n;
+            float *ref = ok ? malloc((size_t)n * sizeof(float)) : NULL;
+            ok = ok && fread(ref, 4, (size_t)n, f) == (size_t)n;
+            double mx = 0, err = 0;
+            for (int64_t j = 0; ok && j < n; j++) mx = fmax(mx, fabs(ref[j]));
+            for (int64_t j = 0; ok && j < n; j++)
+                err = fmax(err, fabs(r->data[j] - ref[j]) / fmax(fabs(ref[j]), fmax(0.01 * mx, 1e-30)));
+            char lab[160];
+            snprintf(lab, sizeof lab, "pytorch oracle: %.95s", r->label);
+            CHECK(lab, ok && err < 1e-4, ok ? "rel err %.3g" : "bad record (rel err %.3g)", err);
+            if (ok) printf("    %s: rel err vs torch %.2e\n", r->label, err);
+            free(ref);
+        }
+        fclose(f);
+    }
+    for (int i = 0; i < g_nres; i++) free(g_res[i].data);
+    Tensor *all[] = {ro.x, a.q, a.k, a.v, nc.x, nc.w, ce.logits, l.x, l.A, l.B, p.a, p.b};
+    for (int i = 0; i < 12; i++) tensor_free(all[i]);
+    weight_free(&l.W);
+}
+
+int main(void) {
+    rng_seed(&g_rng, 2024);
+    Err e = {{0}};
+    Tape *t = tape_new(&e);
+    if (!t) {
+        fprintf(stderr, "%s\n", e.msg);
+        return 2;
+    }
+    printf("finite differences: eps %g, tolerance %g (relative, floored at 5%% of max |grad|)\n",
+           (double)FD_EPS, FD_TOL);
+    test_lora_linear(t);
+    test_bf16_tiles(t);
+    test_rmsnorm(t);
+    test_rope(t);
+    test_attention(t);
+    test_swiglu_add(t);
+    test_embedding(t);
+    test_cross_entropy(t);
+    test_graph(t);
+    test_tape(t);
+    test_torch(t);
+    tape_free(t);
+    return tu_exit();
+}

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# User mistakes give one clear message and a non-zero exit, never a crash.
+source tests/lib.sh
+T=$(tmpdir cli)
+expect_error() {  # NAME PATTERN CMD...
+  local name=$1 pat=$2; shift 2
+  "$@" > "$T/out" 2> "$T/err"; local rc=$?
+  if [ $rc -ne 0 ] && [ $rc -lt 128 ] && grep -q -- "$pat" "$T/err"; then pass "$name"
+  else fail "$name" "rc=$rc, stderr: $(head -c 300 "$T/err")"; fi
+}
+echo '{"rank": 8, "lr": ' > "$T/bad.json"
+expect_error recipe_bad_json "bad.json" ./lora train "$T/bad.json"
+echo '{"rnak": 8}' > "$T/typo.json"
+expect_error recipe_unknown_key 'unknown setting "rnak"' ./lora train "$T/typo.json"
+expect_error flag_bad_number '"abc"' ./lora train --lr abc
+expect_error no_model "no model" ./lora train --data x.jsonl
+expect_error missing_model "$T/nope" ./lora train --model "$T/nope" --data x.jsonl --out "$T/o"
+expect_error generate_missing_model "$T/nope" ./lora generate --model "$T/nope" --prompt hi
+expect_error unknown_command "unknown command" ./lora frobnicate
+expect_error bad_target 'unknown LoRA target "qq"' ./lora train --targets qq
+./lora init-model --out "$T/m" --dim 32 --layers 1 --heads 2 --kv-heads 1 --ffn 64 --vocab 300 > /dev/null
+printf 'hello world\n' > "$T/c.txt"
+spm_train --input="$T/c.txt" --model_prefix="$T/tok" --vocab_size=270 --model_type=bpe --byte_fallback=true \
+  --hard_vocab_limit=false --minloglevel=2 > /dev/null 2>&1
+printf '{"instruction":"a","output":"b"}\n{"instruction": oops}\n' > "$T/bad.jsonl"
+expect_error jsonl_bad_line "bad.jsonl:2" ./lora train --model "$T/m" --tokenizer "$T/tok.model" \
+  --data "$T/bad.jsonl" --out "$T/o2" --steps 1
+printf '{"instruction":"a"}\n' > "$T/missing.jsonl"
+expect_error jsonl_missing_field "missing.jsonl:1" ./lora train --model "$T/m" --tokenizer "$T/tok.model" \
+  --data "$T/missing.jsonl" --out "$T/o3" --steps 1
+head -c 100 "$T/m/model.safetensors" > "$T/trunc.safetensors"; mkdir -p "$T/trunc"
+cp "$T/m/config.json" "$T/trunc/"; mv "$T/trunc.safetensors" "$T/trunc/model.safetensors"
+expect_error truncated_model "model.safetensors" ./lora generate --model "$T/trunc" --tokenizer "$T/tok.model" --prompt hi
+exit $failed

@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# End to end: LoRA fine-tuning on a small JSONL task lowers the held-out loss clearly, and
+# the saved adapter reloads (lora eval) with the same held-out loss. Runs on a random-weight
+# model the test writes itself, and on the real stories260K when ../shared/models is there.
+source tests/lib.sh
+T=$(tmpdir e2e)
+python3 scripts/make_demo_data.py "$T" || { fail e2e_setup "make_demo_data failed"; exit 1; }
+spm_train --input="$T/corpus.txt" --model_prefix="$T/tok" --vocab_size=512 --model_type=bpe \
+  --character_coverage=1.0 --byte_fallback=true --hard_vocab_limit=false --bos_id=1 --eos_id=2 \
+  --unk_id=0 --pad_id=-1 --minloglevel=2 > "$T/spm.log" 2>&1 || { fail e2e_setup "spm_train failed"; exit 1; }
+
+# check_run NAME MODEL TOKENIZER OUT EXTRA_FLAGS...: train, then compare before/after and reload.
+check_run() {
+  local name=$1 model=$2 tok=$3 out=$4; shift 4
+  if ! ./lora train --model "$model" --tokenizer "$tok" --data "$T/train.jsonl" \
+        --val-data "$T/val.jsonl" --out "$out" --template alpaca "$@" > "$out.log" 2>&1; then
+    fail "${name}_train" "lora train failed: $(tail -n 5 "$out.log")"; return
+  fi
+  local before after
+  before=$(grep '"event":"eval","step":0,' "$out/metrics.jsonl" | sed -E 's/.*"val_loss":([-0-9.eE+]+).*/\1/')
+  after=$(last_json_number "$out/metrics.jsonl" val_loss)
+  echo "$name: held-out loss before $before, after $after"
+  if awk -v b="$before" -v a="$after" 'BEGIN{exit !(a < 0.75*b)}'; then
+    pass "${name}_heldout_loss_drops (before $before, after $after)"
+  else fail "${name}_heldout_loss_drops" "before $before after $after (want after < 0.75 before)"; fi
+  for f in adapter_model.safetensors adapter_config.json metrics.jsonl train_config.json; do
+    [ -s "$out/$f" ] || fail "${name}_files" "missing $out/$f"
+  done
+  if grep -q '"peft_type": *"LORA"' "$out/adapter_config.json"; then pass "${name}_adapter_config"
+  else fail "${name}_adapter_config" "no peft_type LORA in adapter_config.json"; fi
+  # every metrics line is one JSON object with step and loss
+  if python3 -c 'import json,sys
+for l in open(sys.argv[1]):
+    o=json.loads(l); assert "step" in o and "loss" in o, l' "$out/metrics.jsonl" 2> "$out.json.err"; then
+    pass "${name}_metrics_jsonl"
+  else fail "${name}_metrics_jsonl" "$(cat "$out.json.err")"; fi
+  local reload
+  reload=$(./lora eval --model "$model" --tokenizer "$tok" --adapter "$out" --data "$T/val.jsonl" \
+             --template alpaca --batch-size 8 2>&1 | sed -nE 's/.*: loss ([-0-9.eE+]+),.*/\1/p')
+  if awk -v x="$reload" -v y="$after" 'BEGIN{d=x-y; if(d<0)d=-d; exit !(x!="" && d <= 1e-4*y)}'; then
+    pass "${name}_adapter_reload_same_loss ($reload vs $after)"
+  else fail "${name}_adapter_reload_same_loss" "reloaded adapter gives [$reload], training ended at $after"; fi
+  local base
+  base=$(./lora eval --model "$model" --tokenizer "$tok" --data "$T/val.jsonl" --template alpaca \
+           --batch-size 8 2>&1 | sed -nE 's/.*: loss ([-0-9.eE+]+),.*/\1/p')
+  if awk -v x="$base" -v y="$before" 'BEGIN{d=x-y; if(d<0)d=-d; exit !(x!="" && d <= 1e-4*y)}'; then
+    pass "${name}_base_eval_matches_step0 ($base)"
+  else fail "${name}_base_eval_matches_step0" "base eval [$base] vs step-0 held-out loss $before"; fi
+}
+
+./lora init-model --out "$T/base" --dim 64 --layers 2 --heads 4 --kv-heads 2 --ffn 172 --vocab 512 \
+  --seq 256 --seed 3 --std 0.05 > /dev/null || fail e2e_init "init-model failed"
+check_run random "$T/base" "$T/tok.model" "$T/run_random" --steps 120 --lr 3e-3 --batch-size 8 \
+  --grad-accum 2 --warmup-steps 5 --dropout 0.05 --seq-len 160 --log-every 20
+
+M=$(models_dir) || true
+if [ -n "$M" ]; then
+  check_run stories260K "$M/stories260K/stories260K.gguf" "$M/stories260K/tok512.model" \
+    "$T/run_stories" --steps 80 --lr 3e-3 --batch-size 8 --warmup-steps 5 --seq-len 160 --log-every 20
+else
+  skip stories260K_finetune "no ../shared/models"
+fi
+exit $failed

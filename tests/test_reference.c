@@ -1,0 +1,269 @@
+// Whole-model check against PyTorch. tests/ref_llama.py builds a tiny Llama (2 layers, GQA
+// 4/2 heads, head_dim 16, SwiGLU 96, vocab 101) with random weights and a LoRA adapter
+// (rank 4, alpha 8, on q,k,v,o,gate,up,down, A and B both non-zero), writes it as a HF model
+// dir + PEFT adapter dir, and records in expected.safetensors what HF/PEFT/torch compute in
+// float64: logits, loss, the gradient of every lora_A/lora_B, and a 5-step training run
+// (grad_accum 2, global-norm clipping that bites on some steps, HF cosine schedule with 2
+// warmup steps, torch.optim.AdamW). Variants: untied lm_head (F32 file), tied embeddings
+// (BF16 file), and rsLoRA (scale alpha/sqrt(r)).
+// Everything must agree to 1e-4 relative, element by element with a floor of 5% of the
+// tensor's largest magnitude: smaller entries are compared on the tensor's own scale, because
+// fp32 arithmetic (ours, and PyTorch's own fp32 path alike) leaves an absolute noise of about
+// 1e-6 × the tensor's scale — with a floor of 1e-3 PyTorch fp32 itself would miss 1e-4.
+#include "tests/testutil.h"
+#include "model/model.h"
+#include "export/export.h"
+#include "optim/optim.h"
+#include "train/train.h"
+
+#define TOL 1e-4
+#define FLOOR 0.05
+#define MAX_PARAMS 512
+
+// Expected tensor `name` as fp32 (malloc'd), checking it has n elements; NULL + FAIL line.
+static float *exp_f32(const SafeTensors *st, const char *name, int64_t n) {
+    const StTensor *s = st_find(st, name);
+    if (!s || s->n != n) {
+        CHECK(name, 0, "expected tensor %s %s (want %lld elements)", name,
+              s ? "has the wrong size" : "is missing", (long long)n);
+        return NULL;
+    }
+    Err e = {{0}};
+    float *out = malloc((size_t)n * sizeof(float));
+    if (!out || st_read_f32(st, name, out, s->ndim, s->shape, &e) != 0) {
+        CHECK(name, 0, "%s", e.msg);
+        free(out);
+        return NULL;
+    }
+    return out;
+}
+
+// Expected int32 tensor `name` (malloc'd); *n receives its element count.
+static int *exp_i32(const SafeTensors *st, const char *name, int64_t *n) {
+    const StTensor *s = st_find(st, name);
+    if (!s || s->dtype != ST_I32) {
+        CHECK(name, 0, "expected int32 tensor %s is missing", name);
+        return NULL;
+    }
+    int *out = malloc((size_t)s->n * sizeof(int));
+    if (!out) return NULL;
+    memcpy(out, s->data, (size_t)s->n * sizeof(int));
+    *n = s->n;
+    return out;
+}
+
+static double meta_num(const SafeTensors *st, const char *key) {
+    const char *v = st_metadata(st, key);
+    return v ? strtod(v, NULL) : NAN;
+}
+
+// Max relative error of got against want (n elements) with a floor of FLOOR × max|want|;
+// +inf when got is NULL or holds a NaN/inf (tu_max_rel_err alone would let a NaN through).
+static double rel_err(const float *got, const float *want, int64_t n) {
+    if (!got || !want) return INFINITY;
+    double amax = 0;
+    for (int64_t i = 0; i < n; i++) {
+        if (!isfinite(got[i])) return INFINITY;
+        amax = fmax(amax, fabs((double)want[i]));
+    }
+    return tu_max_rel_err(got, want, (long)n, fmax(FLOOR * amax, 1e-30));
+}
+
+// rel_err of got against the whole expected tensor `name` (n elements).
+static double compare(const SafeTensors *st, const char *name, const float *got, int64_t n) {
+    float *want = exp_f32(st, name, n);
+    double err = rel_err(got, want, n);
+    free(want);
+    return err;
+}
+
+// PEFT key of the A (ab = 'A') or B matrix of target tg in layer l, after `prefix`.
+static const char *peft_key(char *buf, size_t n, const char *prefix, int l, int tg, char ab) {
+    snprintf(buf, n, "%sbase_model.model.model.layers.%d.%s.%s.lora_%c.weight", prefix, l,
+             tg < LT_GATE ? "self_attn" : "mlp", lora_target_name((LoraTarget)tg), ab);
+    return buf;
+}
+
+// Compares every A and B of lora (their grads when use_grad, else their values) with
+// expected "<prefix><peft key>". Returns the worst error; *worst names it; *count counts.
+static double compare_adapter(const SafeTensors *st, const LoraAdapter *lora, const char *prefix,
+                              int use_grad, char *worst, size_t wn, int *count) {
+    double max_err = 0;
+    *count = 0;
+    snprintf(worst, wn, "(none)");
+    for (int l = 0; l < lora->n_layers; l++)
+        for (int tg = 0; tg < LT_COUNT; tg++)
+            for (int ab = 0; ab < 2; ab++) {
+                Tensor *p = ab ? lora->B[l * LT_COUNT + tg] : lora->A[l * LT_COUNT + tg];
+                char key[256];
+                peft_key(key, sizeof key, prefix, l, tg, ab ? 'B' : 'A');
+                double err = p ? compare(st, key, use_grad ? p->grad : p->data, p->n) : INFINITY;
+                if (p) (*count)++;
+                if (!(err <= max_err)) {  // also catches NaN
+                    max_err = err;
+                    snprintf(worst, wn, "%s", key + strlen(prefix));
+                }
+            }
+    return max_err;
+}
+
+static void run_variant(const char *root, const char *name) {
+    char dir[512], mdir[600], adir[600], xpath[600], label[512], worst[256];
+    snprintf(dir, sizeof dir, "%s/%s", root, name);
+    path_join(mdir, sizeof mdir, dir, "model");
+    path_join(adir, sizeof adir, dir, "adapter");
+    path_join(xpath, sizeof xpath, dir, "expected.safetensors");
+    Err e = {{0}};
+    SafeTensors *ex = st_open(xpath, &e);
+    Model *m = ex ? model_load(mdir, &e) : NULL;
+    LoraAdapter *lora = m ? adapter_load_peft(adir, m, &e) : NULL;
+    Tape *t = lora ? tape_new(&e) : NULL;
+    snprintf(label, sizeof label, "ref %s: load expected, model and adapter", name);
+    CHECK(label, t != NULL, "%s", e.msg);
+    if (!t) goto done;
+
+    int64_t n_ids = 0, n_tg = 0, n_tids = 0, n_ttg = 0;
+    int *ids = exp_i32(ex, "ids", &n_ids), *targets = exp_i32(ex, "targets", &n_tg);
+    int *tids = exp_i32(ex, "train_ids", &n_tids), *ttg = exp_i32(ex, "train_targets", &n_ttg);
+    const StTensor *sid = st_find(ex, "ids");
+    if (!ids || !targets || !tids || !ttg || n_tg != n_ids || n_ttg != n_tids) goto free_ids;
+    const int B = (int)sid->shape[0], T = (int)sid->shape[1], V = m->cfg.vocab_size;
+    double want_scale = meta_num(ex, "scale");
+    snprintf(label, sizeof label, "ref %s: adapter scale %g", name, lora->scale);
+    CHECK(label, fabs(lora->scale - want_scale) < 1e-6 * want_scale, "want %g", want_scale);
+
+    // ---- forward: logits --------------------------------------------------------------------
+    tape_set_recording(t, 1);
+    tape_set_training(t, 0);
+    Tensor *logits = model_forward(t, m, lora, ids, B, T, NULL, 0);
+    double err = compare(ex, "logits", logits->n == (int64_t)B * T * V ? logits->data : NULL,
+                         (int64_t)B * T * V);
+    snprintf(label, sizeof label, "ref %s: logits (%dx%dx%d) max rel err %.2e", name, B, T, V, err);
+    CHECK(label, err < TOL, "tolerance %.0e", TOL);
+    tape_reset(t);
+
+    // ---- the same logits through the KV cache with recording off (the generation path):
+    // row 1 as a 5-token prefix, then one token at a time asking for the last position only
+    {
+        const int b = 1, pre = 5;
+        KVCache *kv = kv_new(&m->cfg, T, &e);
+        float *want = exp_f32(ex, "logits", (int64_t)B * T * V);
+        float *got = malloc((size_t)T * V * sizeof(float));
+        tape_set_recording(t, 0);
+        if (kv && want && got && B > b && T > pre) {
+            Tensor *lg = model_forward(t, m, lora, ids + b * T, 1, pre, kv, 0);
+            memcpy(got, lg->data, (size_t)pre * V * sizeof(float));
+            tape_reset(t);
+            for (int p = pre; p < T; p++) {
+                lg = model_forward(t, m, lora, ids + b * T + p, 1, 1, kv, 1);
+                memcpy(got + (size_t)p * V, lg->data, (size_t)V * sizeof(float));
+                tape_reset(t);
+            }
+        }
+        err = kv && want && got ? rel_err(got, want + (size_t)b * T * V, (int64_t)T * V) : INFINITY;
+        snprintf(label, sizeof label, "ref %s: logits via KV cache (prefix %d + %d single) max rel err %.2e",
+                 name, pre, T - pre, err);
+        CHECK(label, err < TOL, "tolerance %.0e; %s", TOL, e.msg);
+        tape_set_recording(t, 1);
+        kv_free(kv);
+        free(want);
+        free(got);
+    }
+
+    // ---- loss and LoRA gradients -------------------------------------------------------------
+    Tensor *params[MAX_PARAMS];
+    int np = lora_params(lora, params, MAX_PARAMS);
+    for (int i = 0; i < np; i++) tensor_zero_grad(params[i]);
+    int kept = 0;
+    for (int i = 0; i < B * T; i++) kept += targets[i] >= 0;
+    Tensor *loss = model_loss(t, m, lora, ids, targets, B, T, (float)kept);
+    tape_backward(t, loss);
+    err = compare(ex, "loss", loss->data, 1);
+    snprintf(label, sizeof label, "ref %s: loss %.6f (%d kept targets) rel err %.2e", name,
+             loss->data[0], kept, err);
+    CHECK(label, err < TOL, "tolerance %.0e", TOL);
+    int count;
+    err = compare_adapter(ex, lora, "grad.", 1, worst, sizeof worst, &count);
+    snprintf(label, sizeof label, "ref %s: %d LoRA grads max rel err %.2e (worst %s)", name,
+             count, err, worst);
+    CHECK(label, err < TOL && count == 2 * m->cfg.n_layers * LT_COUNT, "tolerance %.0e", TOL);
+    tape_reset(t);
+
+    // ---- training: 5 optimizer steps from the same adapter -----------------------------------
+    lora_free(lora);
+    lora = adapter_load_peft(adir, m, &e);
+    snprintf(label, sizeof label, "ref %s: reload adapter", name);
+    CHECK(label, lora != NULL, "%s", e.msg);
+    if (!lora) goto free_ids;
+    np = lora_params(lora, params, MAX_PARAMS);
+    TrainConfig c;
+    train_config_default(&c);
+    const int steps = (int)meta_num(ex, "steps"), accum = (int)meta_num(ex, "grad_accum");
+    c.lr = (float)meta_num(ex, "lr");
+    c.sched = SCHED_COSINE;
+    c.warmup_steps = (int)meta_num(ex, "warmup_steps");
+    c.warmup_ratio = 0;
+    c.max_grad_norm = (float)meta_num(ex, "max_grad_norm");
+    c.grad_accum = accum;
+    c.batch_size = B;
+    c.steps = steps;
+    c.adamw.weight_decay = (float)meta_num(ex, "weight_decay");
+    AdamW *opt = adamw_new(params, np, &c.adamw, &e);
+    if (!opt || steps < 1 || accum < 1 || steps > 64 || accum > 8 ||
+        n_tids != (int64_t)steps * accum * B * T) {
+        CHECK("ref training setup", 0, "%s (steps %d, grad_accum %d)", e.msg, steps, accum);
+        adamw_free(opt);
+        goto free_ids;
+    }
+    float losses[64], norms[64], lrs[64];
+    for (int s = 0; s < steps; s++) {
+        Batch mb[8];
+        for (int a = 0; a < accum; a++) {
+            size_t off = (size_t)(s * accum + a) * B * T;
+            mb[a] = (Batch){.B = B, .T = T, .ids = tids + off, .targets = ttg + off,
+                            .n_tokens = B * T};
+            for (int i = 0; i < B * T; i++) mb[a].n_targets += mb[a].targets[i] >= 0;
+        }
+        losses[s] = train_step(t, m, lora, opt, mb, accum, &c, s, steps, &norms[s], &lrs[s]);
+    }
+    double e_loss = compare(ex, "train_loss", losses, steps);
+    double e_norm = compare(ex, "train_grad_norm", norms, steps);
+    double e_lr = compare(ex, "train_lr", lrs, steps);
+    snprintf(label, sizeof label,
+             "ref %s: %d train steps (%d clipped): losses %.2e, grad norms %.2e, lrs %.2e max rel err",
+             name, steps, (int)meta_num(ex, "clipped_steps"), e_loss, e_norm, e_lr);
+    CHECK(label, e_loss < TOL && e_norm < TOL && e_lr < TOL, "tolerance %.0e", TOL);
+    err = compare_adapter(ex, lora, "final.", 0, worst, sizeof worst, &count);
+    snprintf(label, sizeof label, "ref %s: final A/B after %d steps max rel err %.2e (worst %s)",
+             name, steps, err, worst);
+    CHECK(label, err < TOL && count == 2 * m->cfg.n_layers * LT_COUNT, "tolerance %.0e", TOL);
+    adamw_free(opt);
+
+free_ids:
+    free(ids);
+    free(targets);
+    free(tids);
+    free(ttg);
+done:
+    tape_free(t);
+    lora_free(lora);
+    model_free(m);
+    st_close(ex);
+}
+
+int main(void) {
+    if (system("/usr/bin/python3 -c 'import torch' >/dev/null 2>&1") != 0) {
+        SKIP("reference vs PyTorch", "/usr/bin/python3 cannot import torch");
+        return tu_exit();
+    }
+    char root[512], cmd[1024];
+    tu_tmpdir("ref", root, sizeof root);
+    snprintf(cmd, sizeof cmd, "/usr/bin/python3 tests/ref_llama.py '%s'", root);
+    int rc = system(cmd);
+    CHECK("ref_llama.py wrote the reference", rc == 0, "exit status %d", rc);
+    if (rc != 0) return tu_exit();
+    run_variant(root, "untied");
+    run_variant(root, "tied");
+    run_variant(root, "rslora");
+    return tu_exit();
+}

@@ -1,0 +1,289 @@
+// The training loop: steps with gradient accumulation, evaluation, logging, saving.
+#include <libgen.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "export/export.h"
+#include "train/train.h"
+
+#define MAX_PARAMS 4096
+
+float train_step(Tape *t, const Model *m, LoraAdapter *lora, AdamW *opt, const Batch *micro,
+                 int n_micro, const TrainConfig *c, int64_t step, int64_t total_steps,
+                 float *grad_norm, float *lr) {
+    long kept = 0;
+    for (int i = 0; i < n_micro; i++) kept += micro[i].n_targets;
+    float norm = kept > 0 ? (float)kept : 1.0f;
+    int was_recording = tape_recording(t), was_training = tape_training(t);
+    tape_set_recording(t, 1);
+    tape_set_training(t, 1);
+    double total = 0;
+    for (int i = 0; i < n_micro; i++) {
+        tape_reset(t);
+        Tensor *loss = model_loss(t, m, lora, micro[i].ids, micro[i].targets, micro[i].B, micro[i].T, norm);
+        total += loss->data[0];
+        tape_backward(t, loss);
+    }
+    tape_reset(t);
+    tape_set_recording(t, was_recording);
+    tape_set_training(t, was_training);
+    float gn = grads_clip_global_norm(opt->params, opt->n_params, c->max_grad_norm);
+    int64_t warmup = c->warmup_steps > 0 ? c->warmup_steps : (int64_t)ceil((double)c->warmup_ratio * total_steps);
+    float rate = sched_lr(c->sched, c->lr, step, warmup, total_steps);
+    adamw_step(opt, rate);
+    adamw_zero_grad(opt);
+    if (grad_norm) *grad_norm = gn;
+    if (lr) *lr = rate;
+    return (float)total;
+}
+
+double evaluate_loss(Tape *t, const Model *m, const LoraAdapter *lora, const Dataset *ds,
+                     int batch_size, int max_examples, long *n_tokens, Err *e) {
+    int n = ds->n;
+    if (max_examples > 0 && max_examples < n) n = max_examples;
+    int was_recording = tape_recording(t), was_training = tape_training(t);
+    tape_set_recording(t, 0);
+    tape_set_training(t, 0);
+    double sum = 0;
+    long count = 0;
+    Batch b = {0};
+    int rc = 0;
+    for (int first = 0; first < n; first += batch_size) {
+        int cnt = n - first < batch_size ? n - first : batch_size;
+        if (batch_from_range(ds, first, cnt, 0, &b, e)) {
+            rc = -1;
+            break;
+        }
+        tape_reset(t);
+        Tensor *loss = model_loss(t, m, lora, b.ids, b.targets, b.B, b.T, 1.0f);
+        sum += loss->data[0];
+        count += b.n_targets;
+    }
+    tape_reset(t);
+    batch_free(&b);
+    tape_set_recording(t, was_recording);
+    tape_set_training(t, was_training);
+    if (n_tokens) *n_tokens = count;
+    if (rc) return NAN;
+    if (!count) {
+        err_set(e, "%s: no held-out tokens to evaluate", ds->path);
+        return NAN;
+    }
+    return sum / count;
+}
+
+Tokenizer *load_tokenizer_for(const char *model_path, const char *tok_path, Err *e) {
+    if (tok_path && *tok_path) return tok_load(tok_path, e);
+    char dir[1024], path[1200];
+    if (is_directory(model_path)) {
+        snprintf(dir, sizeof dir, "%s", model_path);
+    } else {
+        char tmp[1024];
+        snprintf(tmp, sizeof tmp, "%s", model_path);
+        snprintf(dir, sizeof dir, "%s", dirname(tmp));
+    }
+    path_join(path, sizeof path, dir, "tokenizer.model");
+    if (file_exists(path)) return tok_load(path, e);
+    err_set(e, "no tokenizer found for %s (looked for %s): pass --tokenizer FILE", model_path, path);
+    return NULL;
+}
+
+// One line of OUT/metrics.jsonl.
+static void log_metrics(FILE *f, const char *event, int64_t step, int epoch, double loss,
+                        double val_loss, double lr, double grad_norm, double tok_s, long tokens) {
+    if (!f) return;
+    fprintf(f, "{\"event\":\"%s\",\"step\":%lld,\"epoch\":%d", event, (long long)step, epoch);
+    if (isnan(loss)) fprintf(f, ",\"loss\":null");
+    else fprintf(f, ",\"loss\":%.6f", loss);
+    if (!isnan(val_loss)) fprintf(f, ",\"val_loss\":%.6f,\"val_ppl\":%.4f", val_loss, exp(val_loss));
+    if (!isnan(lr)) fprintf(f, ",\"lr\":%.6g", lr);
+    if (!isnan(grad_norm)) fprintf(f, ",\"grad_norm\":%.6g", grad_norm);
+    if (!isnan(tok_s)) fprintf(f, ",\"tokens_per_s\":%.1f", tok_s);
+    if (tokens >= 0) fprintf(f, ",\"tokens\":%ld", tokens);
+    fprintf(f, "}\n");
+    fflush(f);
+}
+
+// Deterministic split: shuffle examples with the seed, the first n_val become validation.
+static void split_dataset(Dataset *all, double fraction, uint64_t seed, Dataset *train, Dataset *val) {
+    Rng r;
+    rng_seed(&r, seed ^ 0x5eedULL);
+    for (int i = all->n - 1; i > 0; i--) {
+        int j = (int)rng_below(&r, (uint32_t)i + 1);
+        Example tmp = all->ex[i];
+        all->ex[i] = all->ex[j];
+        all->ex[j] = tmp;
+    }
+    int n_val = (int)floor(all->n * fraction + 0.5);
+    if (n_val < 1) n_val = 1;
+    if (n_val >= all->n) n_val = all->n - 1;
+    *val = *all;
+    val->n = n_val;
+    *train = *all;
+    train->ex = all->ex + n_val;
+    train->n = all->n - n_val;
+}
+
+typedef struct {
+    Model *model;
+    Tokenizer *tok;
+    Dataset *train_ds, *val_ds;  // owned (val_ds may be NULL when split)
+    Dataset train_view, val_view;
+    LoraAdapter *lora;
+    AdamW *opt;
+    Tape *tape;
+    DataLoader *loader;
+    Batch *micro;
+    int n_micro;
+    FILE *metrics;
+} Run;
+
+static void run_free(Run *r) {
+    if (r->micro)
+        for (int i = 0; i < r->n_micro; i++) batch_free(&r->micro[i]);
+    free(r->micro);
+    loader_free(r->loader);
+    tape_free(r->tape);
+    adamw_free(r->opt);
+    lora_free(r->lora);
+    dataset_free(r->val_ds);
+    dataset_free(r->train_ds);
+    tok_free(r->tok);
+    model_free(r->model);
+    if (r->metrics) fclose(r->metrics);
+}
+
+static int run_setup(Run *r, const TrainConfig *c, Err *e) {
+    if (!c->model[0]) return err_set(e, "no model: pass --model (a HF directory, .gguf or .bin)");
+    if (!c->data[0]) return err_set(e, "no training data: pass --data FILE.jsonl");
+    if (make_dirs(c->out, e)) return -1;
+    printf("loading model %s\n", c->model);
+    if (!(r->model = model_load(c->model, e))) return -1;
+    if (!(r->tok = load_tokenizer_for(c->model, c->tokenizer, e))) return -1;
+    const ModelConfig *mc = &r->model->cfg;
+    if (tok_vocab_size(r->tok) > mc->vocab_size)
+        return err_set(e, "tokenizer has %d tokens but the model's vocabulary is %d: wrong tokenizer?",
+                       tok_vocab_size(r->tok), mc->vocab_size);
+    printf("model: %s, dim %d, %d layers, %d heads (%d kv), ffn %d, vocab %d\n", mc->arch, mc->dim,
+           mc->n_layers, mc->n_heads, mc->n_kv_heads, mc->hidden_dim, mc->vocab_size);
+    DataOptions dopt = c->data_opts;
+    if (dopt.seq_len > mc->max_seq_len && mc->max_seq_len > 0) {
+        printf("note: seq_len %d exceeds the model's context %d; using %d\n", dopt.seq_len,
+               mc->max_seq_len, mc->max_seq_len);
+        dopt.seq_len = mc->max_seq_len;
+    }
+    if (!(r->train_ds = dataset_load(c->data, r->tok, &dopt, e))) return -1;
+    if (c->val_data[0]) {
+        if (!(r->val_ds = dataset_load(c->val_data, r->tok, &dopt, e))) return -1;
+        r->train_view = *r->train_ds;
+        r->val_view = *r->val_ds;
+    } else {
+        if (r->train_ds->n < 2)
+            return err_set(e, "%s: need at least 2 examples to split off validation data (or pass --val-data)",
+                           c->data);
+        split_dataset(r->train_ds, c->val_fraction, c->seed, &r->train_view, &r->val_view);
+    }
+    printf("data: %d training examples, %d held-out examples (%s)\n", r->train_view.n, r->val_view.n,
+           c->val_data[0] ? c->val_data : "split from the training file");
+    if (!(r->lora = lora_new(r->model, c->rank, c->alpha, c->targets, c->dropout, c->use_rslora, c->seed, e)))
+        return -1;
+    Tensor *params[MAX_PARAMS];
+    int np = lora_params(r->lora, params, MAX_PARAMS);
+    long trainable = 0;
+    for (int i = 0; i < np; i++) trainable += (long)params[i]->n;
+    char tg[160];
+    printf("LoRA: rank %d, alpha %g (scale %g), dropout %g, targets %s: %ld trainable parameters\n",
+           c->rank, c->alpha, r->lora->scale, c->dropout, lora_targets_str(c->targets, tg, sizeof tg), trainable);
+    if (!(r->opt = adamw_new(params, np, &c->adamw, e))) return -1;
+    if (!(r->tape = tape_new(e))) return -1;
+    tape_seed(r->tape, c->seed + 1);
+    if (!(r->loader = loader_new(&r->train_view, c->batch_size, 1, c->seed, 0, e))) return -1;
+    r->n_micro = c->grad_accum;
+    if (!(r->micro = xcalloc((size_t)r->n_micro, sizeof(Batch), "micro-batches", e))) return -1;
+    char path[1200];
+    path_join(path, sizeof path, c->out, "metrics.jsonl");
+    r->metrics = fopen(path, "w");
+    if (!r->metrics) return err_set(e, "%s: cannot create", path);
+    return 0;
+}
+
+int train_run(const TrainConfig *c, Err *e) {
+    if (c->threads > 0) set_num_threads(c->threads);
+    Run r;
+    memset(&r, 0, sizeof r);
+    int rc = -1;
+    if (run_setup(&r, c, e)) goto done;
+
+    int64_t batches_per_epoch = (r.train_view.n + c->batch_size - 1) / c->batch_size;
+    int64_t total = c->steps > 0 ? c->steps
+                                 : (int64_t)ceil(c->epochs * batches_per_epoch / (double)c->grad_accum);
+    if (total < 1) total = 1;
+    printf("training: %lld steps, batch %d x grad_accum %d, lr %g (%s), seq_len %d\n", (long long)total,
+           c->batch_size, c->grad_accum, c->lr, sched_name(c->sched), c->data_opts.seq_len);
+
+    long ntok;
+    double t0 = now_seconds();
+    double val_before = evaluate_loss(r.tape, r.model, r.lora, &r.val_view, c->batch_size, c->eval_max_examples, &ntok, e);
+    if (isnan(val_before)) goto done;
+    printf("step 0 | held-out loss %.4f (ppl %.2f) over %ld tokens [%.1fs]\n", val_before, exp(val_before),
+           ntok, now_seconds() - t0);
+    log_metrics(r.metrics, "eval", 0, 0, NAN, val_before, NAN, NAN, NAN, ntok);
+
+    double val_after = val_before;
+    double window_loss = 0;
+    long window_tokens = 0;
+    double window_t = now_seconds();
+    for (int64_t step = 0; step < total; step++) {
+        long tokens = 0;
+        for (int i = 0; i < r.n_micro; i++) {
+            if (loader_next(r.loader, &r.micro[i], e)) goto done;
+            tokens += r.micro[i].n_tokens;
+        }
+        float gn, lr;
+        float loss = train_step(r.tape, r.model, r.lora, r.opt, r.micro, r.n_micro, c, step, total, &gn, &lr);
+        if (!isfinite(loss)) {
+            err_set(e, "training diverged at step %lld (loss %g): lower --lr", (long long)step + 1, loss);
+            goto done;
+        }
+        window_loss += loss;
+        window_tokens += tokens;
+        int64_t s = step + 1;
+        if (s % c->log_every == 0 || s == total) {
+            int n = (int)(s % c->log_every == 0 ? c->log_every : s % c->log_every);
+            double dt = now_seconds() - window_t;
+            double tps = dt > 0 ? window_tokens / dt : 0;
+            printf("step %lld/%lld | loss %.4f | lr %.3g | grad norm %.3f | %.0f tok/s\n", (long long)s,
+                   (long long)total, window_loss / n, lr, gn, tps);
+            log_metrics(r.metrics, "train", s, r.loader->epoch, window_loss / n, NAN, lr, gn, tps, window_tokens);
+            fflush(stdout);
+            window_loss = 0;
+            window_tokens = 0;
+            window_t = now_seconds();
+        }
+        if (c->eval_every > 0 && s % c->eval_every == 0 && s != total) {
+            double vl = evaluate_loss(r.tape, r.model, r.lora, &r.val_view, c->batch_size, c->eval_max_examples, &ntok, e);
+            if (isnan(vl)) goto done;
+            printf("step %lld | held-out loss %.4f (ppl %.2f)\n", (long long)s, vl, exp(vl));
+            log_metrics(r.metrics, "eval", s, r.loader->epoch, loss, vl, NAN, NAN, NAN, ntok);
+            window_t = now_seconds();
+        }
+        if (s == total) {
+            val_after = evaluate_loss(r.tape, r.model, r.lora, &r.val_view, c->batch_size, c->eval_max_examples, &ntok, e);
+            if (isnan(val_after)) goto done;
+            printf("step %lld | held-out loss %.4f (ppl %.2f)\n", (long long)s, val_after, exp(val_after));
+            log_metrics(r.metrics, "eval", s, r.loader->epoch, loss, val_after, NAN, NAN, NAN, ntok);
+        }
+    }
+    if (adapter_save_peft(r.lora, r.model, c->out, e)) goto done;
+    char path[1200];
+    path_join(path, sizeof path, c->out, "train_config.json");
+    if (train_config_save(c, path, e)) goto done;
+    printf("held-out loss: %.4f -> %.4f (ppl %.2f -> %.2f)\n", val_before, val_after, exp(val_before), exp(val_after));
+    printf("adapter saved to %s (adapter_model.safetensors, adapter_config.json); %.1fs, peak RSS %.0f MiB\n",
+           c->out, now_seconds() - t0, peak_rss_bytes() / 1048576.0);
+    rc = 0;
+done:
+    run_free(&r);
+    return rc;
+}
