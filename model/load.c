@@ -353,7 +353,6 @@ static int hf_open(HfFiles *h, const char *dir, Err *e) {
         int rc = 0;
         json_object *seen = json_object_new_object();
         json_object_object_foreach(map, name, file) {
-            (void)name;
             if (rc) break;
             if (!json_object_is_type(file, json_type_string) || strchr(json_object_get_string(file), '/')) {
                 rc = err_set(e, "%s: weight_map entry %s is not a file name", p, name);

@@ -110,6 +110,27 @@ static void abuse_file(const char *tag, const uint8_t *raw, size_t len, size_t s
     CHECK(name, inside, "a tensor larger than the file was accepted (%d of %d opened)", opened, iters);
 }
 
+// A writer holding every tensor of the safetensors file src as dtype; with insert != NULL,
+// names get insert placed before their ".weight" (PEFT's ".default" adapter name).
+static StWriter *copy_tensors(const char *src, StDtype dtype, const char *insert) {
+    Err e = {{0}};
+    SafeTensors *st = st_open(src, &e);
+    StWriter *w = stw_new(&e);
+    for (int i = 0; st && i < st_count(st); i++) {
+        const StTensor *t = st_at(st, i);
+        char name[300];
+        snprintf(name, sizeof name, "%s", t->name);
+        char *dot = insert ? strstr(name, ".weight") : NULL;
+        if (dot) snprintf(dot, sizeof name - (size_t)(dot - name), "%s.weight", insert);
+        float *buf = malloc((size_t)t->n * 4);
+        st_read_f32(st, t->name, buf, 0, NULL, &e);
+        stw_add_f32(w, name, dtype, t->ndim, t->shape, buf, &e);
+        free(buf);
+    }
+    st_close(st);
+    return w;
+}
+
 // ---- safetensors --------------------------------------------------------------------------
 
 static void test_safetensors_roundtrip(void) {
@@ -664,6 +685,50 @@ static void test_ref_files(void) {
     model_free(first);
 }
 
+// A HF dir split into two shards with model.safetensors.index.json loads the same values.
+static void test_sharded(void) {
+    char src[800], d[700], p[800], cmd[2400];
+    snprintf(src, sizeof src, "%s/refhf/f16_untied/model.safetensors", tmp);
+    snprintf(d, sizeof d, "%s/sharded", tmp);
+    snprintf(cmd, sizeof cmd, "mkdir -p %s && cp %s/refhf/f16_untied/config.json %s/", d, tmp, d);
+    if (system(cmd) != 0) return;
+    Err e = {{0}};
+    SafeTensors *st = st_open(src, &e);
+    if (!st) {
+        CHECK("sharded_source", 0, "%s", e.msg);
+        return;
+    }
+    StWriter *w[2] = {stw_new(&e), stw_new(&e)};
+    json_object *map = json_object_new_object();
+    const char *shard[2] = {"model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"};
+    for (int i = 0; i < st_count(st); i++) {
+        const StTensor *t = st_at(st, i);
+        float *buf = malloc((size_t)t->n * 4);
+        st_read_f32(st, t->name, buf, 0, NULL, &e);
+        stw_add_f32(w[i % 2], t->name, ST_F32, t->ndim, t->shape, buf, &e);
+        json_object_object_add(map, t->name, json_object_new_string(shard[i % 2]));
+        free(buf);
+    }
+    st_close(st);
+    for (int k = 0; k < 2; k++) {
+        stw_save(w[k], path_join(p, sizeof p, d, shard[k]), &e);
+        stw_free(w[k]);
+    }
+    json_object *idx = json_object_new_object();
+    json_object_object_add(idx, "weight_map", map);
+    json_write_file(path_join(p, sizeof p, d, "model.safetensors.index.json"), idx, &e);
+    json_object_put(idx);
+    Model *m = model_load(d, &e);
+    snprintf(p, sizeof p, "%s/refhf/f16_untied/expected.f32", tmp);
+    size_t elen = 0, n = 0;
+    char *want = read_file(p, &elen, &e);
+    float *got = m ? model_flat(m, &n) : NULL;
+    CHECK("sharded_index_load", m && want && elen == 4 * n && !memcmp(got, want, elen), "%s", e.msg);
+    free(got);
+    free(want);
+    model_free(m);
+}
+
 static void test_bad_models(void) {
     char d[700], p[800], src_st[800];
     snprintf(d, sizeof d, "%s/refhf/bad", tmp);
@@ -701,16 +766,7 @@ static void test_bad_models(void) {
     snprintf(cmd, sizeof cmd, "cp %s/refhf/f16_untied/config.json %s/config.json", tmp, d);
     if (system(cmd) != 0) return;
     snprintf(src_st, sizeof src_st, "%s/refhf/f16_untied/model.safetensors", tmp);
-    SafeTensors *src = st_open(src_st, &e);
-    StWriter *w = stw_new(&e);
-    for (int i = 0; src && i < st_count(src); i++) {
-        const StTensor *t = st_at(src, i);
-        float *buf = malloc((size_t)t->n * 4);
-        st_read_f32(src, t->name, buf, 0, NULL, &e);
-        stw_add_f32(w, t->name, ST_F16, t->ndim, t->shape, buf, &e);
-        free(buf);
-    }
-    st_close(src);
+    StWriter *w = copy_tensors(src_st, ST_F16, NULL);
     float zb[32] = {0};
     int64_t zs[1] = {32};
     stw_add_f32(w, "model.layers.1.self_attn.q_proj.bias", ST_F32, 1, zs, zb, &e);
@@ -1026,20 +1082,7 @@ static void test_peft(void) {
                                     b->targets == ((1u << LT_Q) | (1u << LT_V)) && !b->A[LT_K] && b->use_rslora,
           "%s", e.msg);
     lora_free(b);
-    SafeTensors *src = st_open(path_join(p, sizeof p, ad2, "adapter_model.safetensors"), &e);
-    StWriter *w = stw_new(&e);
-    for (int i = 0; src && i < st_count(src); i++) {
-        const StTensor *t = st_at(src, i);
-        char name[300];
-        snprintf(name, sizeof name, "%s", t->name);
-        char *dot = strstr(name, ".weight");
-        if (dot) snprintf(dot, sizeof name - (size_t)(dot - name), ".default.weight");
-        float *buf = malloc((size_t)t->n * 4);
-        st_read_f32(src, t->name, buf, 0, NULL, &e);
-        stw_add_f32(w, name, ST_BF16, t->ndim, t->shape, buf, &e);
-        free(buf);
-    }
-    st_close(src);
+    StWriter *w = copy_tensors(path_join(p, sizeof p, ad2, "adapter_model.safetensors"), ST_BF16, ".default");
     rc = stw_save(w, p, &e);
     stw_free(w);
     b = rc ? NULL : adapter_load_peft(ad2, m, &e);
@@ -1052,16 +1095,7 @@ static void test_peft(void) {
     lora_free(b);
 
     // an unexpected tensor is named
-    src = st_open(p, &e);
-    w = stw_new(&e);
-    for (int i = 0; src && i < st_count(src); i++) {
-        const StTensor *t = st_at(src, i);
-        float *buf = malloc((size_t)t->n * 4);
-        st_read_f32(src, t->name, buf, 0, NULL, &e);
-        stw_add_f32(w, t->name, ST_F32, t->ndim, t->shape, buf, &e);
-        free(buf);
-    }
-    st_close(src);
+    w = copy_tensors(p, ST_F32, NULL);
     float z[4] = {0};
     int64_t zs[2] = {2, 2};
     stw_add_f32(w, "base_model.model.lm_head.lora_A.weight", ST_F32, 2, zs, z, &e);
@@ -1089,6 +1123,7 @@ int main(void) {
     test_gguf_handmade();
     test_gguf_writer();
     test_ref_files();
+    test_sharded();
     test_bad_models();
     test_stories();
     test_random_model();
