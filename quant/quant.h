@@ -12,7 +12,9 @@
 //            are the float32 midpoints written in its source). Two codes per byte: element
 //            2k in the HIGH nibble of byte k, element 2k+1 in the low nibble (an odd n pads
 //            the last low nibble with the code of 0.0).
-//   level 2 (double quantization): offset = mean of all absmax_b; the centred values
+//   level 2 (double quantization): offset = mean of all absmax_b (summed in float64 in a
+//            fixed order, rounded once: independent of threads; the float32 torch mean
+//            bitsandbytes calls can differ from it by an ulp); the centred values
 //            absmax_b - offset are quantized with bitsandbytes' blockwise 8-bit scheme:
 //            blocks of 256, scale2 = max |centred| per block (fp32), each value gets the
 //            index into the signed dynamic map (create_dynamic_map(signed=True), 256 values)
@@ -79,7 +81,8 @@ void nf4_dequant_tile(const Nf4Matrix *m, int64_t r0, int64_t nrows, int64_t c0,
                       float *out, int64_t ldo);
 
 // ---- fused matmuls: dequantize tiles into a scratch buffer and multiply with cblas_sgemm,
-// never holding an fp32 copy of the whole W. scratch: nf4_scratch_floats(w) floats, or
+// never holding an fp32 copy of the whole W (tiles of about 16 MiB; the whole fp32 W when it
+// is smaller than that). scratch: nf4_scratch_floats(w) floats, or
 // NULL to allocate (and free) one internally (returns -1 with Err only if that fails).
 size_t nf4_scratch_floats(const Nf4Matrix *w);
 

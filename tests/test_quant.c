@@ -113,7 +113,7 @@ static void test_bits_per_weight(void) {
     CHECK("bits per weight 11008 x 4096", fabs(bpw2 - expect) < 1e-6, "%.6f", bpw2);
 }
 
-static int64_t quant_ok(const Case *c, Nf4Matrix *m) {
+static int quant_ok(const Case *c, Nf4Matrix *m) {
     Err e = {{0}};
     if (nf4_quantize(c->w, c->rows, c->cols, c->name, m, &e)) {
         printf("quantize %s failed: %s\n", c->name, e.msg);
@@ -360,7 +360,7 @@ static void test_reference(const Case *cases, int ncases) {
     }
     char dir[256];
     tu_tmpdir("test_quant", dir, sizeof dir);
-    char path[600], list[1024] = "";
+    char list[1024] = "";
     for (int i = 0; i < ncases; i++) {
         char f[200], line[200];
         snprintf(f, sizeof f, "%s.w.f32", cases[i].name);
@@ -386,13 +386,12 @@ static void test_reference(const Case *cases, int ncases) {
           first >= 0 ? dyn_map_signed()[first] : 0.0, first >= 0 ? dm[first] : 0.0);
     free(cb);
     free(dm);
-    (void)path;
     for (int i = 0; i < ncases; i++) compare_case(dir, &cases[i]);
 }
 
 // ---- fused matmuls ---------------------------------------------------------------------
 
-static void test_matmul(int64_t N, int64_t OC, int64_t C, uint64_t seed) {
+static void test_matmul(int64_t N, int64_t OC, int64_t C, int tiled, uint64_t seed) {
     float *w = gaussian(OC * C, 0.02f, seed);
     Nf4Matrix m;
     Err e = {{0}};
@@ -416,7 +415,11 @@ static void test_matmul(int64_t N, int64_t OC, int64_t C, uint64_t seed) {
     snprintf(name, sizeof name, "xwt (%lld,%lld)x(%lld,%lld)^T == sgemm on dequantized W", (long long)N,
              (long long)C, (long long)OC, (long long)C);
     CHECK(name, rc == 0 && err < 1e-5, "rc %d max rel err %.3g", rc, err);
-    float *scratch = malloc(nf4_scratch_floats(&m) * sizeof(float));
+    size_t sf = nf4_scratch_floats(&m);
+    if (tiled)
+        CHECK("scratch tile is smaller than W", sf < (size_t)(OC * C) / 2, "%zu floats for a (%lld, %lld) W", sf,
+              (long long)OC, (long long)C);
+    float *scratch = malloc(sf * sizeof(float));
     memcpy(y, y0, (size_t)(N * OC) * 4);
     rc = nf4_matmul_xwt(x, N, &m, y, 1, scratch, &e);
     for (int64_t i = 0; i < N * OC; i++) yr[i] += y0[i];
@@ -492,9 +495,9 @@ int main(void) {
     test_dequant_views(&odd);
     test_determinism(&gauss);
     test_reference(cases, 5);
-    test_matmul(37, 256, 1000, 10);
-    test_matmul(37, 2100, 520, 20);  // several row tiles and column tiles, unaligned columns
-    test_matmul(1, 320, 512, 30);
+    test_matmul(37, 256, 1000, 0, 10);
+    test_matmul(37, 4100, 2200, 1, 20);  // 3 row tiles and 3 column tiles, unaligned columns
+    test_matmul(1, 320, 512, 0, 30);
     report_speed();
     for (int i = 0; i < 5; i++) free(cases[i].w);
     return tu_exit();
