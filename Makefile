@@ -9,9 +9,9 @@ CFLAGS   := -std=c11 -Wall -Wextra -Werror -O3 -march=native -fopenmp -D_GNU_SOU
             -I. -I/usr/include/x86_64-linux-gnu/openblas-openmp $(EXTRA_CFLAGS)
 CXXFLAGS := -std=c++17 -Wall -Wextra -Werror -O2 -fopenmp -I.
 BUILD    ?= build
-LDLIBS   := -L$(BLASDIR) -Wl,-rpath,$(BLASDIR) -lopenblas -ljson-c -lsentencepiece -lstdc++ -lm -fopenmp
+LDLIBS   := -L$(BLASDIR) -Wl,-rpath,$(BLASDIR) -lopenblas -ljson-c -lmicrohttpd -lsentencepiece -lstdc++ -lm -fopenmp
 
-MODULES  := util autograd quant model data optim export train
+MODULES  := util autograd quant model data optim export infer train
 LIBSRC   := $(filter-out train/main.c,$(foreach m,$(MODULES),$(wildcard $(m)/*.c)))
 LIBCXX   := $(foreach m,$(MODULES),$(wildcard $(m)/*.cpp))
 LIBOBJ   := $(patsubst %.c,$(BUILD)/%.o,$(LIBSRC)) $(patsubst %.cpp,$(BUILD)/%.o,$(LIBCXX))

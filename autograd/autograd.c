@@ -4,13 +4,18 @@
 // to the next block when it does not fit (creating a new one, at least as large as all the
 // previous ones together, only when none is left). tape_reset rewinds every block, so an
 // identical step replays exactly the same allocations and never creates a block again.
+//
+// Gradient checkpointing runs a function on the tape's sub-tape (another Tape with its own
+// arena, sharing the root tape's scratch) and keeps only its output; see op_checkpoint.
 #include <stdlib.h>
 #include <string.h>
 
 #include "autograd/autograd.h"
 #include "autograd/internal.h"
+#include "quant/quant.h"
 
 #define ARENA_MIN_BLOCK ((size_t)16 << 20)
+#define GRAD_POOL 16  // recycled gradient buffers remembered per tape
 
 typedef struct {
     char *mem;
@@ -22,10 +27,16 @@ struct Tape {
     int nblocks, cap_blocks, cur;
     size_t high_water;        // max over time of bytes of the arena passed over so far
     Node *last;               // most recent node
-    int recording, training;
+    int recording, training, checkpointing;
     Rng rng;
-    float *scratch[SCR_COUNT];
+    float *scratch[SCR_COUNT];  // used on the root tape only
     size_t scratch_n[SCR_COUNT];
+    Tape *root;               // the outermost tape (owner of the scratch); itself at the top
+    Tape *sub;                // sub-tape for op_checkpoint, created on first use
+    // gradient buffers (arena memory, valid until tape_reset) free for reuse: pointer, floats
+    float *pool[GRAD_POOL];
+    int64_t pool_n[GRAD_POOL];
+    int npool;
 };
 
 // ---- tensors --------------------------------------------------------------------------------
@@ -113,6 +124,7 @@ void tensor_zero_grad(Tensor *t) {
 
 void weight_free(Weight *w) {
     if (!w) return;
+    if (w->owns_data && w->type == WT_NF4) nf4_free(w->data);
     if (w->owns_data) free(w->data);
     w->data = NULL;
     w->owns_data = 0;
@@ -121,11 +133,33 @@ void weight_free(Weight *w) {
 void weight_row_f32(const Weight *w, int64_t r, float *out) {
     if (r < 0 || r >= w->rows) die_internal("weight_row_f32: row %lld of %lld", (long long)r,
                                             (long long)w->rows);
-    if (w->type == WT_F32) {
-        memcpy(out, (const float *)w->data + r * w->cols, (size_t)w->cols * sizeof(float));
-    } else {
+    switch (w->type) {
+    case WT_F32: memcpy(out, (const float *)w->data + r * w->cols, (size_t)w->cols * sizeof(float)); break;
+    case WT_BF16: {
         const uint16_t *src = (const uint16_t *)w->data + r * w->cols;
         for (int64_t c = 0; c < w->cols; c++) out[c] = bf16_to_f32(src[c]);
+        break;
+    }
+    case WT_NF4: nf4_dequant_rows(w->data, r, 1, out); break;
+    default: die_internal("weight %s: unknown type %d", w->name ? w->name : "", (int)w->type);
+    }
+}
+
+size_t weight_bytes(const Weight *w) {
+    switch (w->type) {
+    case WT_F32: return (size_t)(w->rows * w->cols) * sizeof(float);
+    case WT_BF16: return (size_t)(w->rows * w->cols) * sizeof(uint16_t);
+    case WT_NF4: return nf4_bytes(w->data) + sizeof(Nf4Matrix);
+    default: return 0;
+    }
+}
+
+const char *weight_type_name(WeightType t) {
+    switch (t) {
+    case WT_F32: return "f32";
+    case WT_BF16: return "bf16";
+    case WT_NF4: return "nf4";
+    default: return "?";
     }
 }
 
@@ -135,12 +169,14 @@ Tape *tape_new(Err *e) {
     Tape *t = xcalloc(1, sizeof(Tape), "tape", e);
     if (!t) return NULL;
     t->recording = 1;
+    t->root = t;
     rng_seed(&t->rng, 1234);
     return t;
 }
 
 void tape_free(Tape *t) {
     if (!t) return;
+    tape_free(t->sub);
     for (int i = 0; i < t->nblocks; i++) free(t->blocks[i].mem);
     free(t->blocks);
     for (int i = 0; i < SCR_COUNT; i++) free(t->scratch[i]);
@@ -151,6 +187,7 @@ void tape_reset(Tape *t) {
     for (int i = 0; i < t->nblocks; i++) t->blocks[i].used = 0;
     t->cur = 0;
     t->last = NULL;
+    t->npool = 0;
 }
 
 void tape_set_recording(Tape *t, int on) { t->recording = on ? 1 : 0; }
@@ -159,7 +196,9 @@ void tape_set_training(Tape *t, int on) { t->training = on ? 1 : 0; }
 int tape_training(const Tape *t) { return t->training; }
 Rng *tape_rng(Tape *t) { return &t->rng; }
 void tape_seed(Tape *t, uint64_t seed) { rng_seed(&t->rng, seed); }
-size_t tape_arena_bytes(const Tape *t) { return t->high_water; }
+size_t tape_arena_bytes(const Tape *t) { return t->high_water + (t->sub ? tape_arena_bytes(t->sub) : 0); }
+void tape_set_checkpointing(Tape *t, int on) { t->checkpointing = on ? 1 : 0; }
+int tape_checkpointing(const Tape *t) { return t->checkpointing; }
 
 static void add_block(Tape *t, size_t min_bytes) {
     size_t total = 0;
@@ -234,6 +273,32 @@ Node *tape_record(Tape *t, BackwardFn backward, Tensor *out) {
     return n;
 }
 
+// A recycled gradient buffer of exactly n floats, or NULL.
+static float *pool_take(Tape *t, int64_t n) {
+    for (int i = t->npool - 1; i >= 0; i--)
+        if (t->pool_n[i] == n) {
+            float *p = t->pool[i];
+            t->pool[i] = t->pool[t->npool - 1];
+            t->pool_n[i] = t->pool_n[t->npool - 1];
+            t->npool--;
+            return p;
+        }
+    return NULL;
+}
+
+// x's gradient buffer (arena memory of t) is dead: offer it for reuse.
+static void pool_put(Tape *t, Tensor *x) {
+    if (!x->grad || x->is_param) return;
+    if (t->npool == GRAD_POOL) {  // forget the oldest
+        memmove(t->pool, t->pool + 1, (GRAD_POOL - 1) * sizeof t->pool[0]);
+        memmove(t->pool_n, t->pool_n + 1, (GRAD_POOL - 1) * sizeof t->pool_n[0]);
+        t->npool--;
+    }
+    t->pool[t->npool] = x->grad;
+    t->pool_n[t->npool++] = x->n;
+    x->grad = NULL;
+}
+
 float *tape_grad(Tape *t, Tensor *x) {
     if (!x || !x->requires_grad) return NULL;
     if (!x->grad) {
@@ -241,7 +306,7 @@ float *tape_grad(Tape *t, Tensor *x) {
         if (x->is_param) {
             x->grad = xmalloc_aligned(bytes, "gradient", NULL);
             if (!x->grad) die_internal("out of memory: gradient of %s", x->name ? x->name : "?");
-        } else {
+        } else if (!(x->grad = pool_take(t, x->n))) {
             x->grad = tape_alloc(t, bytes);
         }
         memset(x->grad, 0, bytes);
@@ -250,6 +315,7 @@ float *tape_grad(Tape *t, Tensor *x) {
 }
 
 float *tape_scratch(Tape *t, int slot, size_t nfloats) {
+    t = t->root;
     if (nfloats > t->scratch_n[slot]) {
         free(t->scratch[slot]);
         t->scratch[slot] = xmalloc_aligned(nfloats * sizeof(float), "tape scratch", NULL);
@@ -278,4 +344,71 @@ void tape_backward(Tape *t, Tensor *loss) {
     tape_grad(t, loss)[0] += 1.0f;
     for (Node *n = t->last; n; n = n->prev)
         if (n->out->grad) n->backward(t, n);
+}
+
+// ---- gradient checkpointing -------------------------------------------------------------------
+
+// What a checkpoint node keeps for its backward (arena memory of the recording tape).
+typedef struct {
+    CheckpointFn fn;
+    void *ctx;
+    Rng rng;        // the RNG state fn started from (its dropout masks)
+    int training;
+} Checkpoint;
+
+// t's sub-tape, rewound, in t's modes with the given recording.
+static Tape *sub_tape(Tape *t, int recording) {
+    if (!t->sub) {
+        t->sub = tape_new(NULL);
+        if (!t->sub) die_internal("out of memory: sub-tape");
+        t->sub->root = t->root;
+    }
+    Tape *s = t->sub;
+    tape_reset(s);
+    s->recording = recording;
+    s->training = t->training;
+    s->checkpointing = t->checkpointing;
+    return s;
+}
+
+// Re-runs fn(x) on the sub-tape, recording, and back-propagates out's gradient through it.
+static void checkpoint_node_backward(Tape *t, const Node *n) {
+    const Checkpoint *c = n->saved[0];
+    Tensor *x = n->in[0];
+    Tape *s = sub_tape(t, 1);
+    s->training = c->training;
+    s->rng = c->rng;
+    tape_grad(t, x);  // x's gradient lives on t (none when x is frozen)
+    Tensor *y = c->fn(s, x, c->ctx);
+    if (y->n != n->out->n) die_internal("op_checkpoint: the re-run gave %lld values, not %lld", (long long)y->n,
+                                        (long long)n->out->n);
+    if (y->requires_grad) {
+        y->grad = n->out->grad;
+        for (Node *m = s->last; m; m = m->prev) {
+            if (m->out->grad) m->backward(s, m);
+            // every consumer of m->out was recorded after m and has run: its gradient is dead
+            if (m->out != y && m->out != x) pool_put(s, m->out);
+        }
+    }
+    tape_reset(s);
+    pool_put(t, n->out);
+}
+
+Tensor *op_checkpoint(Tape *t, Tensor *x, CheckpointFn fn, void *ctx, int has_params) {
+    Tape *s = sub_tape(t, 0);
+    Rng rng0 = t->rng;
+    s->rng = rng0;
+    Tensor *y = fn(s, x, ctx);
+    t->rng = s->rng;  // t's stream advances as if fn had run on t
+    Tensor *out = tape_result(t, y->ndim, y->shape, x->requires_grad || has_params);
+    memcpy(out->data, y->data, (size_t)y->n * sizeof(float));
+    tape_reset(s);
+    Node *n = tape_record(t, checkpoint_node_backward, out);
+    if (n) {
+        Checkpoint *c = tape_alloc(t, sizeof *c);
+        *c = (Checkpoint){fn, ctx, rng0, t->training};
+        n->in[0] = x;
+        n->saved[0] = c;
+    }
+    return out;
 }

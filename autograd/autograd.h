@@ -45,6 +45,7 @@ void tensor_zero_grad(Tensor *t);
 typedef enum {
     WT_F32 = 0,   // data: float[rows*cols]
     WT_BF16 = 1,  // data: uint16_t[rows*cols] (bf16)
+    WT_NF4 = 2,   // data: Nf4Matrix * (quant/quant.h); owns_data: nf4_free + free in weight_free
 } WeightType;
 
 typedef struct {
@@ -56,8 +57,13 @@ typedef struct {
 } Weight;
 
 void weight_free(Weight *w);
-// Copy row r of W into out (cols floats), converting from the storage type.
+// Copy row r of W into out (cols floats), converting from the storage type (NF4: the
+// dequantized row).
 void weight_row_f32(const Weight *w, int64_t r, float *out);
+// Bytes of storage behind w (NF4: codes + absmax codes + scales).
+size_t weight_bytes(const Weight *w);
+// "f32", "bf16", "nf4"
+const char *weight_type_name(WeightType t);
 
 // ---- tape ---------------------------------------------------------------------------------
 typedef struct Tape Tape;
@@ -71,10 +77,33 @@ void tape_set_training(Tape *t, int on);   // on: dropout active (default off)
 int tape_training(const Tape *t);
 Rng *tape_rng(Tape *t);                    // dropout masks draw from here
 void tape_seed(Tape *t, uint64_t seed);
-size_t tape_arena_bytes(const Tape *t);    // high-water mark of the arena
+size_t tape_arena_bytes(const Tape *t);    // high-water mark of the arena (+ its sub-tapes')
 // Backward from a scalar (n == 1) tensor: seeds dloss = 1 and accumulates into every
 // tensor with requires_grad (parameters accumulate across calls until tensor_zero_grad).
 void tape_backward(Tape *t, Tensor *loss);
+
+// ---- gradient checkpointing: sub-tapes ----------------------------------------------------
+// Every tape owns (lazily) one sub-tape: a second arena and node list, rewound and reused
+// for each checkpointed call, sharing the parent's scratch buffers. Sub-tapes nest.
+//
+// A function of one tensor computed by ops on tape t (e.g. one transformer block):
+typedef Tensor *(*CheckpointFn)(Tape *t, Tensor *x, void *ctx);
+// out = fn(x), keeping only out: fn runs on the sub-tape with recording off, out is copied
+// onto t and the sub-tape is rewound, so fn's intermediates never outlive the call. When t
+// records and x or fn's parameters need gradients (has_params: fn uses tensors other than x
+// that require a gradient, e.g. LoRA matrices), ONE node is recorded. Its backward re-runs
+// fn(x) on the sub-tape with recording on from the RNG state of the forward (the same dropout
+// masks: the gradients equal those of running fn directly on t, bit for bit), propagates
+// out's gradient through it into x and the parameters, and rewinds the sub-tape. Inside the
+// sub-tape an intermediate's gradient buffer is recycled as soon as the node that produced
+// it has run its backward; likewise out's gradient after the checkpoint's backward (it must
+// not be read afterwards). ctx must stay valid until backward (tape_alloc it on t); fn must
+// not keep pointers into the sub-tape.
+Tensor *op_checkpoint(Tape *t, Tensor *x, CheckpointFn fn, void *ctx, int has_params);
+// Whether model code runs its blocks under op_checkpoint while recording (default off; with
+// recording off blocks always run on the sub-tape).
+void tape_set_checkpointing(Tape *t, int on);
+int tape_checkpointing(const Tape *t);
 
 // Arena allocation, valid until tape_reset. Aborts via die_internal only if the machine is
 // truly out of memory (a user-facing check of sizes happens before training starts).
@@ -83,12 +112,23 @@ Tensor *tape_tensor(Tape *t, int ndim, const int64_t *shape);  // uninitialised 
 // A tensor whose data points at memory owned elsewhere (e.g. a KV cache), no grad.
 Tensor *tape_view(Tape *t, float *data, int ndim, const int64_t *shape);
 
+// Matmuls against a frozen Weight (op_linear uses them): every storage type is converted to
+// fp32 in tiles of at most ~16 MiB in tape scratch, never as a whole matrix. For a few rows of
+// x (decoding: N <= 8 for NF4, N <= 4 for BF16) fused dequantize-and-dot kernels stream the
+// weights once instead.
+// x (N,C), w (OC,C) -> out (N,OC)        out = x wᵀ
+void weight_matmul_xwt(Tape *t, const Weight *w, const float *x, int64_t N, float *out);
+// dout (N,OC), w (OC,C) -> dx (N,C) +=   dx += dout w
+void weight_matmul_dyw(Tape *t, const Weight *w, const float *dout, int64_t N, float *dx);
+
 // ---- ops -------------------------------------------------------------------------------
 // Each returns a new intermediate tensor on the tape. Shapes are checked; a mismatch is an
 // internal error (die_internal) because the model code builds every shape.
 
 // table (V,C), ids (N) in [0,V) -> out (N,C)
 Tensor *op_embedding(Tape *t, Tensor *table, const int *ids, int64_t N);
+// The same from a frozen table in any storage type (no gradient flows to it).
+Tensor *op_embedding_weight(Tape *t, const Weight *table, const int *ids, int64_t N);
 
 // x (N,C), w (OC,C) frozen -> out (N,OC)        out = x wᵀ
 Tensor *op_linear(Tape *t, Tensor *x, const Weight *w);
@@ -132,3 +172,11 @@ Tensor *op_add(Tape *t, Tensor *a, Tensor *b);
 // norm is the caller's normaliser (e.g. the number of kept targets in the whole
 // accumulated batch), so micro-batches sum to a true mean.
 Tensor *op_cross_entropy(Tape *t, Tensor *logits, const int *targets, float norm);
+
+// x (N,C), w (V,C) frozen, targets (N) -> out (1)
+//   out = op_cross_entropy(x wᵀ, targets, norm), without ever holding the (N,V) logits:
+// only rows with a target are computed, over tiles of the vocabulary (at most ~16 MiB of
+// logits at a time) with an online log-sum-exp; backward recomputes each tile's logits and
+// accumulates dx += (softmax - onehot) w tile by tile. Equal to the unfused ops up to fp32
+// rounding.
+Tensor *op_linear_cross_entropy(Tape *t, Tensor *x, const Weight *w, const int *targets, float norm);

@@ -10,6 +10,10 @@
 
 #include "autograd/autograd.h"
 #include "autograd/internal.h"
+#include "quant/quant.h"
+#ifdef __AVX512F__
+#include <immintrin.h>
+#endif
 
 static int any_rg(const Tensor *a, const Tensor *b, const Tensor *c) {
     return (a && a->requires_grad) || (b && b->requires_grad) || (c && c->requires_grad);
@@ -69,12 +73,28 @@ Tensor *op_embedding(Tape *t, Tensor *table, const int *ids, int64_t N) {
     return out;
 }
 
+// table (V,C) any storage, ids (N) -> out (N,C)
+Tensor *op_embedding_weight(Tape *t, const Weight *table, const int *ids, int64_t N) {
+    int64_t V = table->rows, C = table->cols;
+    for (int64_t i = 0; i < N; i++)
+        if (ids[i] < 0 || ids[i] >= V)
+            die_internal("op_embedding_weight: id %d at %lld outside [0,%lld)", ids[i], (long long)i, (long long)V);
+    int64_t shape[2] = {N, C};
+    Tensor *out = tape_result(t, 2, shape, 0);
+#pragma omp parallel for schedule(static) if (N * C >= 32768)
+    for (int64_t i = 0; i < N; i++) weight_row_f32(table, ids[i], out->data + i * C);
+    return out;
+}
+
 // ---- frozen weight access ---------------------------------------------------------------
 
-// Rows per tile when a weight must be converted to fp32 (about 4 MiB of floats per tile).
-static int64_t weight_tile_rows(const Weight *w) {
+#define WTILE_FLOATS ((int64_t)1 << 20)  // a converted BF16 tile: about 4 MiB of floats
+#define BF16_GEMV_MAX_N 4                 // up to this many rows of x: the fused BF16 kernel
+
+// Rows per tile when a weight must be converted to fp32.
+static int64_t weight_tile_rows(const Weight *w, int64_t max_floats) {
     if (w->type == WT_F32) return w->rows;
-    int64_t tr = ((int64_t)1 << 20) / w->cols;
+    int64_t tr = max_floats / w->cols;
     tr = tr < 16 ? 16 : tr & ~(int64_t)15;
     return tr < w->rows ? tr : w->rows;
 }
@@ -84,8 +104,12 @@ static int64_t weight_tile_rows(const Weight *w) {
 static const float *weight_rows(Tape *t, const Weight *w, int64_t r0, int64_t nr) {
     int64_t C = w->cols;
     if (w->type == WT_F32) return (const float *)w->data + r0 * C;
-    if (w->type != WT_BF16) die_internal("weight %s: unknown type %d", w->name ? w->name : "", (int)w->type);
     float *dst = tape_scratch(t, SCR_WTILE, (size_t)(nr * C));
+    if (w->type == WT_NF4) {
+        nf4_dequant_rows(w->data, r0, nr, dst);
+        return dst;
+    }
+    if (w->type != WT_BF16) die_internal("weight %s: unknown type %d", w->name ? w->name : "", (int)w->type);
     const uint16_t *src = (const uint16_t *)w->data + r0 * C;
 #pragma omp parallel for schedule(static)
     for (int64_t i = 0; i < nr * C; i++) {
@@ -95,9 +119,48 @@ static const float *weight_rows(Tape *t, const Weight *w, int64_t r0, int64_t nr
     return dst;
 }
 
+// x (N,C), w (OC,C) bf16 -> out (N,OC), N <= BF16_GEMV_MAX_N: each row of w is read once
+// and converted in registers (decoding through a bf16 lm_head).
+static void bf16_gemv(float *out, const float *x, const uint16_t *w, int64_t N, int64_t OC, int64_t C) {
+#pragma omp parallel for schedule(static) if (OC * C >= 32768)
+    for (int64_t r = 0; r < OC; r++) {
+        const uint16_t *wr = w + r * C;
+        float acc[BF16_GEMV_MAX_N] = {0};
+        int64_t c = 0;
+#ifdef __AVX512F__
+        __m512 va[BF16_GEMV_MAX_N];
+        for (int64_t n = 0; n < N; n++) va[n] = _mm512_setzero_ps();
+        for (; c + 16 <= C; c += 16) {
+            __m512i h = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(wr + c)));
+            __m512 wv = _mm512_castsi512_ps(_mm512_slli_epi32(h, 16));
+            for (int64_t n = 0; n < N; n++) va[n] = _mm512_fmadd_ps(wv, _mm512_loadu_ps(x + n * C + c), va[n]);
+        }
+        for (int64_t n = 0; n < N; n++) acc[n] = _mm512_reduce_add_ps(va[n]);
+#endif
+        for (; c < C; c++) {
+            float wc = bf16_to_f32(wr[c]);
+            for (int64_t n = 0; n < N; n++) acc[n] += wc * x[n * C + c];
+        }
+        for (int64_t n = 0; n < N; n++) out[n * OC + r] = acc[n];
+    }
+}
+
 // x (N,C), w (OC,C) -> out (N,OC)      out = x wᵀ
-static void matmul_weight_forward(Tape *t, float *out, const float *x, const Weight *w, int64_t N) {
-    int64_t OC = w->rows, C = w->cols, tr = weight_tile_rows(w);
+void weight_matmul_xwt(Tape *t, const Weight *w, const float *x, int64_t N, float *out) {
+    int64_t OC = w->rows, C = w->cols;
+    if (w->type == WT_NF4) {
+        const Nf4Matrix *m = w->data;
+        if (N <= NF4_GEMV_MAX_N && nf4_gemv_ok(m))
+            nf4_gemv(x, N, m, out, 0, tape_scratch(t, SCR_WTILE, (size_t)(N * C)));
+        else if (nf4_matmul_xwt(x, N, m, out, 0, tape_scratch(t, SCR_WTILE, nf4_scratch_floats(m)), NULL))
+            die_internal("nf4_matmul_xwt failed with a scratch buffer");
+        return;
+    }
+    if (w->type == WT_BF16 && N <= BF16_GEMV_MAX_N) {
+        bf16_gemv(out, x, w->data, N, OC, C);
+        return;
+    }
+    int64_t tr = weight_tile_rows(w, WTILE_FLOATS);
     for (int64_t r0 = 0; r0 < OC; r0 += tr) {
         int64_t nr = OC - r0 < tr ? OC - r0 : tr;
         const float *wt = weight_rows(t, w, r0, nr);
@@ -107,8 +170,15 @@ static void matmul_weight_forward(Tape *t, float *out, const float *x, const Wei
 }
 
 // dout (N,OC), w (OC,C) -> dx (N,C) +=   dx += dout w
-static void matmul_weight_backward(Tape *t, float *dx, const float *dout, const Weight *w, int64_t N) {
-    int64_t OC = w->rows, C = w->cols, tr = weight_tile_rows(w);
+void weight_matmul_dyw(Tape *t, const Weight *w, const float *dout, int64_t N, float *dx) {
+    int64_t OC = w->rows, C = w->cols;
+    if (w->type == WT_NF4) {
+        const Nf4Matrix *m = w->data;
+        if (nf4_matmul_dyw(dout, N, m, dx, 1, tape_scratch(t, SCR_WTILE, nf4_scratch_floats(m)), NULL))
+            die_internal("nf4_matmul_dyw failed with a scratch buffer");
+        return;
+    }
+    int64_t tr = weight_tile_rows(w, WTILE_FLOATS);
     for (int64_t r0 = 0; r0 < OC; r0 += tr) {
         int64_t nr = OC - r0 < tr ? OC - r0 : tr;
         const float *wt = weight_rows(t, w, r0, nr);
@@ -140,7 +210,7 @@ static void lora_linear_node_backward(Tape *t, const Node *n) {
     float scale = n->f[0], p = n->f[1];
     const uint8_t *mask = n->saved[1];
     float *dx = tape_grad(t, x);
-    if (dx) matmul_weight_backward(t, dx, dy, w, N);  // dx += dy W
+    if (dx) weight_matmul_dyw(t, w, dy, N, dx);  // dx += dy W
     if (!A) return;
     const float *h = n->saved[0];  // (N,r)
     float *dB = tape_grad(t, B);
@@ -202,7 +272,7 @@ Tensor *op_lora_linear(Tape *t, Tensor *x, const Weight *w, Tensor *A, Tensor *B
     shape[x->ndim - 1] = OC;
     Tensor *out = tape_result(t, x->ndim, shape, any_rg(x, A, B));
     // out (N,OC) = x Wᵀ
-    matmul_weight_forward(t, out->data, x->data, w, N);
+    weight_matmul_xwt(t, w, x->data, N, out->data);
     Node *n = tape_record(t, lora_linear_node_backward, out);
     if (n) {
         n->in[0] = x;
@@ -390,6 +460,9 @@ Tensor *op_rope(Tape *t, Tensor *x, int64_t B, int64_t T, int H, int D, int pos0
 }
 
 // ---- attention ------------------------------------------------------------------------------
+// The (B,H,Tq,Tk) probabilities are never kept: the forward saves each row's max and
+// 1/sum (B,H,Tq,2) and the backward recomputes the probabilities of one head at a time,
+// bit-identical to the forward's, in a per-thread buffer.
 
 // Keys visible to query i: [lo, hi] with hi = Tk - Tq + i, lo = hi - window + 1 (window > 0).
 static void visible_keys(int64_t i, int64_t Tq, int64_t Tk, int window, int64_t *lo, int64_t *hi) {
@@ -397,10 +470,46 @@ static void visible_keys(int64_t i, int64_t Tq, int64_t Tk, int window, int64_t 
     *lo = window > 0 && *hi - window + 1 > 0 ? *hi - window + 1 : 0;
 }
 
-// q (B,Tq,H*D), k/v (B,Tk,KVH*D) -> out (B,Tq,H*D), probs (B,H,Tq,Tk)
-// probs == NULL: per-thread rows of `work` (nthreads,Tq,Tk) hold the probabilities instead.
-// Per (b,h): P = softmax(mask(scale · Q Kᵀ)) (zero outside the visible keys), O = P V.
-static void attention_forward(float *out, float *probs, float *work, const float *q, const float *k,
+// Q (Tq,·) row stride ldq, K (Tk,·) row stride ldk -> P (Tq,Tk): the head's probabilities
+// softmax(mask(scale · Q Kᵀ)), zero outside the visible keys. stats (Tq,2) (max, 1/sum):
+// written when fresh, else read (the backward's recomputation, giving identical values).
+static void attention_probs(float *P, float *stats, int fresh, const float *Q, int ldq, const float *K, int ldk,
+                            int64_t Tq, int64_t Tk, int D, int window, float scale) {
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)Tq, (int)Tk, D, scale, Q, ldq, K, ldk, 0.0f, P,
+                (int)Tk);
+    for (int64_t i = 0; i < Tq; i++) {
+        float *row = P + i * Tk;
+        int64_t lo, hi;
+        visible_keys(i, Tq, Tk, window, &lo, &hi);
+        float mx, inv;
+        if (fresh) {
+            mx = -INFINITY;
+            for (int64_t j = lo; j <= hi; j++) mx = row[j] > mx ? row[j] : mx;
+            float sum = 0.0f;
+            for (int64_t j = lo; j <= hi; j++) {
+                row[j] = expf(row[j] - mx);
+                sum += row[j];
+            }
+            inv = 1.0f / sum;
+            if (stats) {
+                stats[2 * i] = mx;
+                stats[2 * i + 1] = inv;
+            }
+        } else {
+            mx = stats[2 * i];
+            inv = stats[2 * i + 1];
+            for (int64_t j = lo; j <= hi; j++) row[j] = expf(row[j] - mx);
+        }
+        for (int64_t j = 0; j < lo; j++) row[j] = 0.0f;
+        for (int64_t j = lo; j <= hi; j++) row[j] *= inv;
+        for (int64_t j = hi + 1; j < Tk; j++) row[j] = 0.0f;
+    }
+}
+
+// q (B,Tq,H*D), k/v (B,Tk,KVH*D) -> out (B,Tq,H*D), stats (B,H,Tq,2) (NULL = not kept)
+// Per (b,h): P = softmax(mask(scale · Q Kᵀ)) in a per-thread buffer of work (nthreads,Tq,Tk),
+// O = P V.
+static void attention_forward(float *out, float *stats, float *work, const float *q, const float *k,
                               const float *v, int64_t B, int64_t Tq, int64_t Tk, int H, int KVH, int D,
                               int window) {
     int64_t HD = (int64_t)H * D, KD = (int64_t)KVH * D, G = H / KVH;
@@ -408,52 +517,39 @@ static void attention_forward(float *out, float *probs, float *work, const float
 #pragma omp parallel for collapse(2) schedule(static)
     for (int64_t b = 0; b < B; b++)
         for (int64_t h = 0; h < H; h++) {
-            float *P = probs ? probs + (b * H + h) * Tq * Tk : work + (int64_t)omp_get_thread_num() * Tq * Tk;
+            float *P = work + (int64_t)omp_get_thread_num() * Tq * Tk;
             const float *Q = q + b * Tq * HD + h * D;
             const float *K = k + b * Tk * KD + (h / G) * D, *V = v + b * Tk * KD + (h / G) * D;
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)Tq, (int)Tk, D, scale, Q, (int)HD, K,
-                        (int)KD, 0.0f, P, (int)Tk);
-            for (int64_t i = 0; i < Tq; i++) {
-                float *row = P + i * Tk;
-                int64_t lo, hi;
-                visible_keys(i, Tq, Tk, window, &lo, &hi);
-                float mx = -INFINITY;
-                for (int64_t j = lo; j <= hi; j++) mx = row[j] > mx ? row[j] : mx;
-                float sum = 0.0f;
-                for (int64_t j = lo; j <= hi; j++) {
-                    row[j] = expf(row[j] - mx);
-                    sum += row[j];
-                }
-                float inv = 1.0f / sum;
-                for (int64_t j = 0; j < lo; j++) row[j] = 0.0f;
-                for (int64_t j = lo; j <= hi; j++) row[j] *= inv;
-                for (int64_t j = hi + 1; j < Tk; j++) row[j] = 0.0f;
-            }
+            attention_probs(P, stats ? stats + (b * H + h) * Tq * 2 : NULL, 1, Q, (int)HD, K, (int)KD, Tq, Tk, D,
+                            window, scale);
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)Tq, D, (int)Tk, 1.0f, P, (int)Tk, V,
                         (int)KD, 0.0f, out + b * Tq * HD + h * D, (int)HD);
         }
 }
 
-// dout (B,Tq,H*D), probs (B,H,Tq,Tk), q, k, v -> dq (B,Tq,H*D) +=, dk, dv (B,Tk,KVH*D) +=
-// Per (b,h): dP = dO Vᵀ, dS = P ⊙ (dP - rowsum(P ⊙ dP)), dQ += scale dS K,
+// dout (B,Tq,H*D), stats (B,H,Tq,2), q, k, v -> dq (B,Tq,H*D) +=, dk, dv (B,Tk,KVH*D) +=
+// Per (b,h): P recomputed, dP = dO Vᵀ, dS = P ⊙ (dP - rowsum(P ⊙ dP)), dQ += scale dS K,
 // dK += scale dSᵀ Q, dV += Pᵀ dO. With G = H/KVH > 1 query heads share a KV head: their dK/dV
 // go to per-head buffers (B,H,Tk,D) first and are summed over the group afterwards.
-static void attention_backward(Tape *t, float *dq, float *dk, float *dv, const float *dout, const float *probs,
+static void attention_backward(Tape *t, float *dq, float *dk, float *dv, const float *dout, const float *stats,
                                const float *q, const float *k, const float *v, int64_t B, int64_t Tq,
-                               int64_t Tk, int H, int KVH, int D) {
+                               int64_t Tk, int H, int KVH, int D, int window) {
     int64_t HD = (int64_t)H * D, KD = (int64_t)KVH * D, G = H / KVH;
     float scale = 1.0f / sqrtf((float)D);
     int nt = omp_get_max_threads();
     int need_ds = dq || dk;
-    float *work = need_ds ? tape_scratch(t, SCR_A, (size_t)nt * Tq * Tk) : NULL;
+    // per thread: P and dS (Tq,Tk) each
+    float *work = tape_scratch(t, SCR_A, (size_t)nt * 2 * Tq * Tk);
     float *dkh = dk && G > 1 ? tape_scratch(t, SCR_B, (size_t)(B * H * Tk * D)) : NULL;
     float *dvh = dv && G > 1 ? tape_scratch(t, SCR_C, (size_t)(B * H * Tk * D)) : NULL;
 #pragma omp parallel for collapse(2) schedule(static) num_threads(nt)
     for (int64_t b = 0; b < B; b++)
         for (int64_t h = 0; h < H; h++) {
-            const float *P = probs + (b * H + h) * Tq * Tk;
+            float *P = work + (int64_t)omp_get_thread_num() * 2 * Tq * Tk, *dS = P + Tq * Tk;
             const float *Q = q + b * Tq * HD + h * D, *dO = dout + b * Tq * HD + h * D;
             const float *K = k + b * Tk * KD + (h / G) * D, *V = v + b * Tk * KD + (h / G) * D;
+            attention_probs(P, (float *)stats + (b * H + h) * Tq * 2, 0, Q, (int)HD, K, (int)KD, Tq, Tk, D, window,
+                            scale);
             // where this head's dK, dV go: straight into dk/dv, or into its own buffer
             float *dK = NULL, *dV = NULL;
             int ldk = (int)KD;
@@ -471,7 +567,6 @@ static void attention_backward(Tape *t, float *dq, float *dk, float *dv, const f
                 cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)Tk, D, (int)Tq, 1.0f, P, (int)Tk, dO,
                             (int)HD, beta, dV, ldk);
             if (!need_ds) continue;
-            float *dS = work + (int64_t)omp_get_thread_num() * Tq * Tk;
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)Tq, (int)Tk, D, 1.0f, dO, (int)HD, V,
                         (int)KD, 0.0f, dS, (int)Tk);
             for (int64_t i = 0; i < Tq; i++) {
@@ -506,7 +601,8 @@ static void attention_backward(Tape *t, float *dq, float *dk, float *dv, const f
 static void attention_node_backward(Tape *t, const Node *n) {
     Tensor *q = n->in[0], *k = n->in[1], *v = n->in[2];
     attention_backward(t, tape_grad(t, q), tape_grad(t, k), tape_grad(t, v), n->out->grad, n->saved[0], q->data,
-                       k->data, v->data, n->d[0], n->d[1], n->d[2], (int)n->d[3], (int)n->d[4], (int)n->d[5]);
+                       k->data, v->data, n->d[0], n->d[1], n->d[2], (int)n->d[3], (int)n->d[4], (int)n->d[5],
+                       (int)n->d[6]);
 }
 
 Tensor *op_attention(Tape *t, Tensor *q, Tensor *k, Tensor *v, int64_t B, int64_t Tq, int64_t Tk, int H, int KVH,
@@ -519,18 +615,15 @@ Tensor *op_attention(Tape *t, Tensor *q, Tensor *k, Tensor *v, int64_t B, int64_
                      (long long)Tk, H, KVH, D);
     Tensor *out = tape_result(t, q->ndim, q->shape, any_rg(q, k, v));
     Node *n = tape_record(t, attention_node_backward, out);
-    float *probs = NULL, *work = NULL;
-    if (n)
-        probs = tape_alloc(t, (size_t)(B * H * Tq * Tk) * sizeof(float));
-    else
-        work = tape_scratch(t, SCR_A, (size_t)omp_get_max_threads() * Tq * Tk);
-    attention_forward(out->data, probs, work, q->data, k->data, v->data, B, Tq, Tk, H, KVH, D, window);
+    float *stats = n ? tape_alloc(t, (size_t)(B * H * Tq * 2) * sizeof(float)) : NULL;
+    float *work = tape_scratch(t, SCR_A, (size_t)omp_get_max_threads() * Tq * Tk);
+    attention_forward(out->data, stats, work, q->data, k->data, v->data, B, Tq, Tk, H, KVH, D, window);
     if (n) {
         n->in[0] = q;
         n->in[1] = k;
         n->in[2] = v;
-        n->saved[0] = probs;
-        int64_t d[6] = {B, Tq, Tk, H, KVH, D};
+        n->saved[0] = stats;
+        int64_t d[7] = {B, Tq, Tk, H, KVH, D, window};
         memcpy(n->d, d, sizeof d);
     }
     return out;
@@ -667,6 +760,147 @@ Tensor *op_cross_entropy(Tape *t, Tensor *logits, const int *targets, float norm
         n->saved[1] = lse;
         n->d[0] = N;
         n->d[1] = V;
+        n->f[0] = norm;
+    }
+    return out;
+}
+
+// ---- fused linear + cross-entropy ------------------------------------------------------------
+// Only the K rows with a target take part. The vocabulary is processed in tiles of nv rows
+// of w: logits L (K,nv) = xk Wtᵀ live in tape scratch, never the whole (N,V).
+
+// Vocabulary rows per tile: at most ~16 MiB of logits and of converted weights.
+static int64_t lce_tile(const Weight *w, int64_t K) {
+    int64_t big = K > w->cols ? K : w->cols;
+    int64_t tv = ((int64_t)1 << 22) / big;
+    tv = tv < 16 ? 16 : tv;
+    return tv < w->rows ? tv : w->rows;
+}
+
+// x (N,C), rows (K) -> xk (K,C): the kept rows of x
+static void gather_rows(float *xk, const float *x, const int *rows, int64_t K, int64_t C) {
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < K; i++) memcpy(xk + i * C, x + (int64_t)rows[i] * C, (size_t)C * sizeof(float));
+}
+
+// xk (K,C), rows [v0, v0+nv) of w -> L (K,nv) = xk · wtᵀ in scratch; *wt: those rows as fp32.
+static float *lce_logits(Tape *t, const float *xk, const Weight *w, int64_t v0, int64_t nv, int64_t K, int64_t C,
+                         const float **wt) {
+    *wt = weight_rows(t, w, v0, nv);
+    float *L = tape_scratch(t, SCR_B, (size_t)(K * nv));
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)K, (int)nv, (int)C, 1.0f, xk, (int)C, *wt, (int)C, 0.0f,
+                L, (int)nv);
+    return L;
+}
+
+// xk (K,C), w (V,C), tk (K) -> lse (K), tl (K): log Σ_v exp(xk wᵀ) and the target's logit,
+// tile by tile with an online log-sum-exp (running max mx, running sum sm).
+static void lce_forward(Tape *t, float *lse, float *tl, const float *xk, const Weight *w, const int *tk,
+                        int64_t K, int64_t C) {
+    int64_t V = w->rows, TV = lce_tile(w, K);
+    float *mx = tape_alloc(t, (size_t)K * sizeof(float)), *sm = tape_alloc(t, (size_t)K * sizeof(float));
+    for (int64_t i = 0; i < K; i++) {
+        mx[i] = -INFINITY;
+        sm[i] = 0.0f;
+        tl[i] = 0.0f;
+    }
+    for (int64_t v0 = 0; v0 < V; v0 += TV) {
+        int64_t nv = V - v0 < TV ? V - v0 : TV;
+        const float *wt;
+        const float *L = lce_logits(t, xk, w, v0, nv, K, C, &wt);
+#pragma omp parallel for schedule(static)
+        for (int64_t i = 0; i < K; i++) {
+            const float *row = L + i * nv;
+            float m = mx[i];
+            for (int64_t j = 0; j < nv; j++) m = row[j] > m ? row[j] : m;
+            float s = sm[i] * expf(mx[i] - m);
+            for (int64_t j = 0; j < nv; j++) s += expf(row[j] - m);
+            sm[i] = s;
+            mx[i] = m;
+            if (tk[i] >= v0 && tk[i] < v0 + nv) tl[i] = row[tk[i] - v0];
+        }
+    }
+    for (int64_t i = 0; i < K; i++) lse[i] = mx[i] + logf(sm[i]);
+}
+
+// dloss, xk (K,C), w (V,C), tk (K), lse (K) -> dxk (K,C) +=
+//   dxk += ((softmax - onehot(target)) · dloss/norm) w, one vocabulary tile at a time
+static void lce_backward(Tape *t, float *dxk, float k, const float *xk, const Weight *w, const int *tk,
+                         const float *lse, int64_t K, int64_t C) {
+    int64_t V = w->rows, TV = lce_tile(w, K);
+    for (int64_t v0 = 0; v0 < V; v0 += TV) {
+        int64_t nv = V - v0 < TV ? V - v0 : TV;
+        const float *wt;
+        float *L = lce_logits(t, xk, w, v0, nv, K, C, &wt);
+#pragma omp parallel for schedule(static)
+        for (int64_t i = 0; i < K; i++) {
+            float *row = L + i * nv;
+            for (int64_t j = 0; j < nv; j++) row[j] = expf(row[j] - lse[i]) * k;
+            if (tk[i] >= v0 && tk[i] < v0 + nv) row[tk[i] - v0] -= k;
+        }
+        // dxk (K,C) += G (K,nv) · wt (nv,C)
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)K, (int)C, (int)nv, 1.0f, L, (int)nv, wt, (int)C,
+                    1.0f, dxk, (int)C);
+    }
+}
+
+// Saved: rows (K) then the targets of those rows (K) as ints, lse (K).
+static void lce_node_backward(Tape *t, const Node *n) {
+    Tensor *x = n->in[0];
+    float *dx = tape_grad(t, x);
+    if (!dx) return;
+    int64_t K = n->d[0], C = n->d[1];
+    const int *rows = n->saved[0], *tk = rows + K;
+    float *xk = tape_scratch(t, SCR_A, (size_t)(K * C)), *dxk = tape_scratch(t, SCR_C, (size_t)(K * C));
+    gather_rows(xk, x->data, rows, K, C);
+    memset(dxk, 0, (size_t)(K * C) * sizeof(float));
+    lce_backward(t, dxk, n->out->grad[0] / n->f[0], xk, n->w, tk, n->saved[1], K, C);
+    // kept rows are distinct: no two threads touch the same row of dx
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < K; i++) {
+        float *d = dx + (int64_t)rows[i] * C;
+        const float *s = dxk + i * C;
+        for (int64_t c = 0; c < C; c++) d[c] += s[c];
+    }
+}
+
+Tensor *op_linear_cross_entropy(Tape *t, Tensor *x, const Weight *w, const int *targets, float norm) {
+    int64_t C = tensor_cols(x), N = tensor_rows(x), V = w->rows;
+    if (w->cols != C)
+        die_internal("op_linear_cross_entropy: x has %lld columns, weight %s has %lld", (long long)C,
+                     w->name ? w->name : "", (long long)w->cols);
+    if (!(norm > 0.0f)) die_internal("op_linear_cross_entropy: normaliser %g", (double)norm);
+    int *rows = tape_alloc(t, (size_t)(2 * N) * sizeof(int));
+    int64_t K = 0;
+    for (int64_t i = 0; i < N; i++) {
+        if (targets[i] >= V)
+            die_internal("op_linear_cross_entropy: target %d at row %lld outside [0,%lld)", targets[i], (long long)i,
+                         (long long)V);
+        if (targets[i] >= 0) rows[K++] = (int)i;
+    }
+    int *tk = rows + K;  // the targets of the kept rows, right after them
+    for (int64_t i = 0; i < K; i++) tk[i] = targets[rows[i]];
+    int64_t shape[1] = {1};
+    Tensor *out = tape_result(t, 1, shape, x->requires_grad && K > 0);
+    if (K == 0) {
+        out->data[0] = 0.0f;
+        return out;
+    }
+    float *lse = tape_alloc(t, (size_t)K * sizeof(float)), *tl = tape_alloc(t, (size_t)K * sizeof(float));
+    float *xk = tape_scratch(t, SCR_A, (size_t)(K * C));
+    gather_rows(xk, x->data, rows, K, C);
+    lce_forward(t, lse, tl, xk, w, tk, K, C);
+    double total = 0.0;  // summed in row order: the same result whatever the thread count
+    for (int64_t i = 0; i < K; i++) total += lse[i] - tl[i];
+    out->data[0] = (float)(total / norm);
+    Node *n = tape_record(t, lce_node_backward, out);
+    if (n) {
+        n->in[0] = x;
+        n->w = w;
+        n->saved[0] = rows;
+        n->saved[1] = lse;
+        n->d[0] = K;
+        n->d[1] = C;
         n->f[0] = norm;
     }
     return out;

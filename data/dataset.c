@@ -117,7 +117,7 @@ static int encode_object(json_object *obj, const Tokenizer *tok, const DataOptio
         if (get_string(obj, "prompt", 1, "", &two[0].content, e)) return -1;
         if (get_string(obj, "completion", 1, "", &two[1].content, e)) return -1;
     } else {
-        if (tpl == TPL_AUTO) tpl = TPL_CHATML;
+        if (tpl == TPL_AUTO) tpl = o->chat_tpl != TPL_AUTO ? o->chat_tpl : TPL_CHATML;
         json_object *arr = NULL;
         if (!json_object_object_get_ex(obj, "messages", &arr)) return err_set(e, "missing field \"messages\"");
         if (!json_object_is_type(arr, json_type_array))

@@ -1,5 +1,6 @@
-// spm_shim — a tiny extern "C" API over libsentencepiece, used only by data/tokenizer.c
-// (its prototypes are declared there). No exception escapes; the only state is the handle.
+// spm_shim — a tiny extern "C" API over libsentencepiece, used by data/tokenizer.c (its
+// prototypes are declared there), plus spm_vocab_load (declared in data/data.h) for GGUF
+// export. No exception escapes; the only state is the handle.
 #include <sentencepiece_processor.h>
 
 #include <cstdio>
@@ -8,6 +9,10 @@
 #include <new>
 #include <string>
 #include <vector>
+
+extern "C" {
+#include "data/data.h"
+}
 
 namespace {
 
@@ -130,6 +135,59 @@ int spm_shim_kind(const void *h, int id) {
         if (sp->IsUnused(id)) return 4;
         return 0;
     });
+}
+
+// ---- SentencePiece vocabulary for GGUF export (declared in data/data.h) ------------------------
+
+void spm_vocab_free(SpmVocab *v) {
+    if (!v) return;
+    for (int i = 0; v->pieces && i < v->n; i++) std::free(v->pieces[i]);
+    std::free(v->pieces);
+    std::free(v->scores);
+    std::free(v->types);
+    std::free(v);
+}
+
+SpmVocab *spm_vocab_load(const char *path, Err *e) {
+    size_t len = 0;
+    char *data = read_file(path, &len, e);
+    if (!data) return nullptr;
+    char msg[256] = "";
+    void *h = spm_shim_load(data, len, msg, sizeof msg);
+    std::free(data);
+    if (!h) {
+        err_set(e, "%s: not a SentencePiece model: %s", path, msg);
+        return nullptr;
+    }
+    SpmVocab *v = static_cast<SpmVocab *>(std::calloc(1, sizeof(SpmVocab)));
+    int ok = v != nullptr;
+    if (ok) {
+        v->n = spm_shim_piece_size(h);
+        v->pieces = static_cast<char **>(std::calloc(v->n > 0 ? v->n : 1, sizeof(char *)));
+        v->scores = static_cast<float *>(std::calloc(v->n > 0 ? v->n : 1, sizeof(float)));
+        v->types = static_cast<int32_t *>(std::calloc(v->n > 0 ? v->n : 1, sizeof(int32_t)));
+        ok = v->pieces && v->scores && v->types;
+        v->bos = spm_shim_bos(h);
+        v->eos = spm_shim_eos(h);
+        v->unk = spm_shim_unk(h);
+    }
+    // kind (0 normal, 1 control, 2 byte, 3 unknown, 4 unused) -> llama.cpp token type
+    static const int32_t type_of_kind[5] = {1, 3, 6, 2, 5};
+    for (int i = 0; ok && i < v->n; i++) {
+        const char *p = spm_shim_piece(h, i);
+        int kind = spm_shim_kind(h, i);
+        v->pieces[i] = p ? strdup(p) : nullptr;
+        v->scores[i] = guarded(nullptr, 0, 0.0f, [&]() { return sp_of(h)->GetScore(i); });
+        v->types[i] = kind >= 0 && kind < 5 ? type_of_kind[kind] : 1;
+        ok = v->pieces[i] != nullptr;
+    }
+    spm_shim_free(h);
+    if (!ok) {
+        spm_vocab_free(v);
+        err_set(e, "%s: out of memory reading the vocabulary", path);
+        return nullptr;
+    }
+    return v;
 }
 
 }  // extern "C"

@@ -1,10 +1,11 @@
-// tokenizer — one interface (a small table of operations) over tokenizer implementations.
-// Implemented: SentencePiece .model files through data/spm_shim.cpp. A BPE backend
-// (tokenizer.json, GGUF vocab) adds its own TokOps and a branch in tok_load.
+// tokenizer — one interface (a small table of operations, data/tok_internal.h) over the
+// tokenizer implementations: SentencePiece .model files through data/spm_shim.cpp (here),
+// and BPE from tokenizer.json files and GGUF vocabularies (data/bpe*.c).
 #include <stdlib.h>
 #include <string.h>
 
-#include "data/data.h"
+#include "data/tok_internal.h"
+#include "data/unicode_internal.h"
 
 // ---- the C++ shim (data/spm_shim.cpp) ---------------------------------------------------------
 void *spm_shim_load(const char *data, size_t n, char *err, size_t errn);
@@ -18,22 +19,6 @@ int spm_shim_unk(const void *h);
 const char *spm_shim_piece(const void *h, int id);
 int spm_shim_kind(const void *h, int id);  // 0 normal, 1 control, 2 byte, 3 unknown, 4 unused
 enum { SPM_NORMAL = 0, SPM_CONTROL = 1, SPM_BYTE = 2, SPM_UNKNOWN = 3, SPM_UNUSED = 4 };
-
-// ---- the interface ----------------------------------------------------------------------------
-typedef struct {
-    // cont = 1: the text continues a stream (no dummy-prefix space)
-    int (*encode)(const Tokenizer *t, const char *text, size_t len, int cont, int **ids, Err *e);
-    char *(*decode)(const Tokenizer *t, const int *ids, int n, Err *e);
-    const char *(*piece_text)(const Tokenizer *t, int prev, int id, char *buf, size_t n);
-    void (*destroy)(void *impl);
-} TokOps;
-
-struct Tokenizer {
-    const TokOps *ops;
-    void *impl;
-    int vocab, bos, eos;
-    char path[1024];
-};
 
 // ---- SentencePiece backend --------------------------------------------------------------------
 // Two processors over the same model: `sp` as the file says, and `sp_cont` with the
@@ -178,6 +163,15 @@ static const char *spm_piece_text(const Tokenizer *t, int prev, int id, char *bu
     return buf;
 }
 
+static int spm_piece_id(const Tokenizer *t, const char *piece) {
+    const Spm *s = t->impl;
+    for (int id = 0; id < t->vocab; id++) {
+        const char *p = spm_shim_piece(s->sp, id);
+        if (p && !strcmp(p, piece)) return id;
+    }
+    return -1;
+}
+
 static void spm_destroy(void *impl) {
     Spm *s = impl;
     if (!s) return;
@@ -186,7 +180,7 @@ static void spm_destroy(void *impl) {
     free(s);
 }
 
-static const TokOps spm_ops = {spm_encode, spm_decode, spm_piece_text, spm_destroy};
+static const TokOps spm_ops = {spm_encode, spm_decode, spm_piece_text, spm_piece_id, spm_destroy};
 
 static Tokenizer *spm_load(Tokenizer *t, const char *data, size_t len, Err *e) {
     char msg[256] = "";
@@ -224,27 +218,55 @@ static Tokenizer *spm_load(Tokenizer *t, const char *data, size_t len, Err *e) {
 }
 
 // ---- public API -------------------------------------------------------------------------------
-Tokenizer *tok_load(const char *path, Err *e) {
-    size_t len = 0;
-    char *data = read_file(path, &len, e);
-    if (!data) return NULL;
-    Tokenizer *t = xcalloc(1, sizeof *t, "tokenizer", e);
-    if (!t) { free(data); return NULL; }
-    snprintf(t->path, sizeof t->path, "%s", path);
+// What a file is: GGUF (magic), tokenizer.json (a JSON object) or a SentencePiece model.
+typedef enum { KIND_SPM, KIND_JSON, KIND_GGUF, KIND_EMPTY } FileKind;
+
+static int file_kind(const char *path, FileKind *kind, Err *e) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return err_set(e, "cannot open tokenizer %s", path);
+    unsigned char head[64];
+    size_t n = fread(head, 1, sizeof head, f);
+    fclose(f);
     size_t i = 0;
-    while (i < len && (data[i] == ' ' || data[i] == '\n' || data[i] == '\r' || data[i] == '\t')) i++;
-    Tokenizer *r = NULL;
-    if (len == 0) {
-        err_set(e, "%s: empty tokenizer file", path);
-    } else if (data[i] == '{') {
-        err_set(e, "%s: tokenizer.json (BPE) tokenizers are not supported yet; use a SentencePiece .model",
-                path);
-    } else if (len >= 4 && memcmp(data, "GGUF", 4) == 0) {
-        err_set(e, "%s: GGUF vocabularies are not supported yet; use a SentencePiece .model", path);
-    } else {
-        r = spm_load(t, data, len, e);
+    while (i < n && (head[i] == ' ' || head[i] == '\n' || head[i] == '\r' || head[i] == '\t')) i++;
+    *kind = n == 0 ? KIND_EMPTY : n >= 4 && !memcmp(head, "GGUF", 4) ? KIND_GGUF : i < n && head[i] == '{' ? KIND_JSON : KIND_SPM;
+    return 0;
+}
+
+Tokenizer *tok_load(const char *path, Err *e) {
+    char file[1024];
+    snprintf(file, sizeof file, "%s", path);
+    if (is_directory(path)) {  // a model directory: tokenizer.json, else tokenizer.model
+        char a[1024], b[1024];
+        path_join(a, sizeof a, path, "tokenizer.json");
+        path_join(b, sizeof b, path, "tokenizer.model");
+        if (file_exists(a)) snprintf(file, sizeof file, "%s", a);
+        else if (file_exists(b)) snprintf(file, sizeof file, "%s", b);
+        else {
+            err_set(e, "%s: no tokenizer.json or tokenizer.model in this directory", path);
+            return NULL;
+        }
     }
-    free(data);
+    FileKind kind;
+    if (file_kind(file, &kind, e)) return NULL;
+    if (kind == KIND_EMPTY) {
+        err_set(e, "%s: empty tokenizer file", file);
+        return NULL;
+    }
+    Tokenizer *t = xcalloc(1, sizeof *t, "tokenizer", e);
+    if (!t) return NULL;
+    snprintf(t->path, sizeof t->path, "%s", file);
+    Tokenizer *r = NULL;
+    if (kind == KIND_JSON) {
+        r = bpe_load_json(t, file, e);
+    } else if (kind == KIND_GGUF) {
+        r = bpe_load_gguf(t, file, e);
+    } else {
+        size_t len = 0;
+        char *data = read_file(file, &len, e);
+        if (data) r = spm_load(t, data, len, e);
+        free(data);
+    }
     if (!r) tok_free(t);
     return r;
 }
@@ -293,4 +315,52 @@ const char *tok_piece_text(const Tokenizer *t, int prev, int id, char *buf, size
     if (id < 0 || id >= t->vocab) { buf[0] = '\0'; return buf; }
     if (prev >= t->vocab) prev = -1;
     return t->ops->piece_text(t, prev, id, buf, n);
+}
+
+int tok_piece_id(const Tokenizer *t, const char *piece) {
+    return piece ? t->ops->piece_id(t, piece) : -1;
+}
+
+void tok_stream_init(TokStream *s) {
+    memset(s, 0, sizeof *s);
+    s->prev = -1;
+}
+
+// Writes the complete characters of p[0..len) into buf (invalid sequences as U+FFFD) and
+// keeps a trailing unfinished character in s->pend, unless flush.
+static const char *stream_emit(TokStream *s, const uint8_t *p, size_t len, char *buf, size_t n, int flush) {
+    size_t keep = 0;
+    for (size_t k = len < 3 ? len : 3; k >= 1 && !flush; k--) {
+        int incomplete = 0;
+        if (utf8_valid_prefix(p + len - k, k, &incomplete) == 0 && incomplete) { keep = k; break; }
+    }
+    char *out = malloc(3 * len + 1);
+    size_t m = out ? utf8_sanitize(p, len - keep, out) : 0;
+    if (m > n - 1) m = n - 1;
+    memcpy(buf, out ? out : "", m);
+    buf[m] = '\0';
+    free(out);
+    memcpy(s->pend, p + len - keep, keep);
+    s->npend = (int)keep;
+    return buf;
+}
+
+const char *tok_stream_next(const Tokenizer *t, TokStream *s, int id, char *buf, size_t n) {
+    if (!buf || n == 0) return "";
+    uint8_t text[1024 + sizeof s->pend];
+    memcpy(text, s->pend, (size_t)s->npend);
+    tok_piece_text(t, s->prev, id, (char *)text + s->npend, 1024);
+    size_t pl = strlen((char *)text + s->npend);
+    // the stream has begun once a piece with text came (even if its text was the dropped
+    // dummy-prefix space): a piece's text in mid-stream is that after itself
+    char mid[8];
+    if (*tok_piece_text(t, id, id, mid, sizeof mid)) s->prev = id;
+    return stream_emit(s, text, (size_t)s->npend + pl, buf, n, 0);
+}
+
+const char *tok_stream_flush(TokStream *s, char *buf, size_t n) {
+    if (!buf || n == 0) return "";
+    uint8_t text[sizeof s->pend];
+    memcpy(text, s->pend, (size_t)s->npend);
+    return stream_emit(s, text, (size_t)s->npend, buf, n, 1);
 }

@@ -4,6 +4,11 @@
 // (A (r,in), B (out,r)) and DIR/adapter_config.json (peft_type LORA, task_type CAUSAL_LM,
 // r, lora_alpha, target_modules, lora_dropout, bias none, use_rslora, fan_in_fan_out false,
 // base_model_name_or_path). Files are written to temporary names and renamed.
+//
+// Also: llama.cpp GGUF LoRA adapters, merged models (HF safetensors or GGUF).
+// RoPE: a PEFT adapter and a merged HF model are in the HF rotate-half convention (as the
+// in-memory model); a GGUF adapter and a merged GGUF in the adjacent-pairs convention: the
+// rows of q and k (of B for an adapter) are permuted on the way out and back on the way in.
 #pragma once
 #include "util/util.h"
 #include "model/model.h"
@@ -11,3 +16,41 @@
 int adapter_save_peft(const LoraAdapter *a, const Model *m, const char *dir, Err *e);
 // Loads a PEFT adapter directory for model m, checking every shape against m.
 LoraAdapter *adapter_load_peft(const char *dir, const Model *m, Err *e);
+
+// Any adapter: a directory is a PEFT adapter, a file a GGUF LoRA adapter. Use this wherever
+// the user names an adapter.
+LoraAdapter *adapter_load(const char *path, const Model *m, Err *e);
+
+// ---- GGUF LoRA adapters (llama.cpp --lora) -------------------------------------------------
+// general.type "adapter", general.architecture m's, adapter.type "lora", adapter.lora.alpha
+// (f32); F32 tensors "<base tensor>.lora_a" (ne [in, r]) and "<base tensor>.lora_b" (ne
+// [r, out]), e.g. blk.0.attn_q.weight.lora_a. llama.cpp scales by alpha/r (1 when alpha is
+// 0), so any other scale (rsLoRA's alpha/sqrt(r)) is folded into B; the rows of B for q and
+// k are permuted to the adjacent-pairs RoPE convention.
+int adapter_save_gguf(const LoraAdapter *a, const Model *m, const char *path, Err *e);
+// The inverse: one rank for all tensors; the result has use_rslora 0 and scale alpha/r.
+LoraAdapter *adapter_load_gguf(const char *path, const Model *m, Err *e);
+
+// ---- merged models ------------------------------------------------------------------------
+// W += scale · B A for every target of a (in place; those weights become fp32).
+int lora_merge(Model *m, const LoraAdapter *a, Err *e);
+// m as a HF directory: model.safetensors in dtype (ST_F32, ST_BF16 or ST_F16) and config.json
+// (the keys of src_config, when given, kept but quantization_config; the model's own values
+// and torch_dtype set).
+int merged_save_hf(const Model *m, StDtype dtype, const char *src_config, const char *dir, Err *e);
+// m as a GGUF llama.cpp loads (llama.* metadata, q/k rows in the adjacent-pairs convention,
+// 1-D norms F32, matrices in type GGML_F32/F16/BF16, output.weight omitted when tied).
+// vocab: where the tokenizer.ggml.* metadata comes from — a .gguf file (its keys copied) or
+// a SentencePiece .model file; NULL writes tokenizer.ggml.model "no_vocab".
+int merged_save_gguf(const Model *m, GgmlType type, const char *vocab, const char *path, Err *e);
+// Copies the tokenizer and generation files found in src_dir (tokenizer.model,
+// tokenizer.json, tokenizer_config.json, special_tokens_map.json, generation_config.json)
+// into dir. Returns the number copied, -1 on error.
+int copy_tokenizer_files(const char *src_dir, const char *dir, Err *e);
+
+// ---- helpers ------------------------------------------------------------------------------
+// GGUF name of a weight: "blk.3.attn_q.weight", ..., "blk.3.ffn_down.weight".
+const char *gguf_weight_name(char *buf, size_t n, int layer, LoraTarget t);
+// w (heads*D, cols): reorders the rows of every head between the RoPE conventions. To
+// ROPE_ADJACENT: HF row j*D/2 + i becomes row 2i + j; to ROPE_HALF: the inverse.
+int rope_permute_rows(float *w, int heads, int D, int64_t cols, RopeStyle to, Err *e);

@@ -50,39 +50,73 @@ static Tensor *cache_append(Tape *t, KVCache *kv, float *store, int l, const Ten
     return tape_view(t, base, 3, shape);
 }
 
-Tensor *model_forward(Tape *t, const Model *m, const LoraAdapter *lora, const int *ids, int B,
-                      int T, KVCache *kv, int last_only) {
+// One transformer block (attention + MLP, both residual) of layer l, run by op_checkpoint or
+// directly: x (B*T, C) -> (B*T, C).
+typedef struct {
+    const Model *m;
+    const LoraAdapter *lora;
+    KVCache *kv;
+    int l, B, T;
+} Block;
+
+static Tensor *block_forward(Tape *t, Tensor *x, void *ctx) {
+    const Block *b = ctx;
+    const Model *m = b->m;
+    const LoraAdapter *lora = b->lora;
     const ModelConfig *c = &m->cfg;
-    const int H = c->n_heads, KVH = c->n_kv_heads, D = c->head_dim;
+    const Layer *L = &m->layers[b->l];
+    const int H = c->n_heads, KVH = c->n_kv_heads, D = c->head_dim, l = b->l, B = b->B, T = b->T;
+    KVCache *kv = b->kv;
+    const int pos0 = kv ? kv->len : 0;
+    // attention block
+    Tensor *h = op_rmsnorm(t, x, L->attn_norm, c->norm_eps);
+    Tensor *q = proj(t, m, lora, l, LT_Q, h);  // (B*T, H*D)
+    Tensor *k = proj(t, m, lora, l, LT_K, h);  // (B*T, KVH*D)
+    Tensor *v = proj(t, m, lora, l, LT_V, h);  // (B*T, KVH*D)
+    q = op_rope(t, q, B, T, H, D, pos0, m->inv_freq, ROPE_HALF);
+    k = op_rope(t, k, B, T, KVH, D, pos0, m->inv_freq, ROPE_HALF);
+    int64_t Tk = T;
+    if (kv) {
+        k = cache_append(t, kv, kv->k, l, k, T);
+        v = cache_append(t, kv, kv->v, l, v, T);
+        Tk = pos0 + T;
+    }
+    Tensor *a = op_attention(t, q, k, v, B, T, Tk, H, KVH, D, 0);  // (B*T, H*D)
+    x = op_add(t, x, proj(t, m, lora, l, LT_O, a));
+    // MLP block
+    h = op_rmsnorm(t, x, L->ffn_norm, c->norm_eps);
+    Tensor *g = proj(t, m, lora, l, LT_GATE, h);  // (B*T, F)
+    Tensor *u = proj(t, m, lora, l, LT_UP, h);    // (B*T, F)
+    return op_add(t, x, proj(t, m, lora, l, LT_DOWN, op_swiglu(t, g, u)));
+}
+
+// Whether layer l has LoRA matrices that need gradients.
+static int layer_trains(const LoraAdapter *lora, int l) {
+    if (!lora) return 0;
+    for (int tg = 0; tg < LT_COUNT; tg++) {
+        const Tensor *A = lora->A[l * LT_COUNT + tg], *B = lora->B[l * LT_COUNT + tg];
+        if ((A && A->requires_grad) || (B && B->requires_grad)) return 1;
+    }
+    return 0;
+}
+
+// ids (B,T) -> the final-normed hidden states (B*T, C), or (B, C) for the last positions.
+static Tensor *model_trunk(Tape *t, const Model *m, const LoraAdapter *lora, const int *ids, int B,
+                           int T, KVCache *kv, int last_only) {
+    const ModelConfig *c = &m->cfg;
     if (kv && (B != 1 || kv->len + T > kv->max_seq))
         die_internal("model_forward: KV cache needs B == 1 and room for %d more positions", T);
     if (last_only && tape_recording(t)) die_internal("model_forward: last_only is for inference");
-    const int pos0 = kv ? kv->len : 0;
     const int64_t N = (int64_t)B * T;
+    // blocks on the sub-tape: always when not recording (only one block's intermediates at a
+    // time), and as checkpoints (recomputed in backward) when asked for
+    int sub = !tape_recording(t) || tape_checkpointing(t);
 
-    Tensor *x = op_embedding(t, m->tok_emb, ids, N);  // (B*T, C)
+    Tensor *x = m->tok_emb ? op_embedding(t, m->tok_emb, ids, N) : op_embedding_weight(t, &m->emb, ids, N);
     for (int l = 0; l < c->n_layers; l++) {
-        const Layer *L = &m->layers[l];
-        // attention block
-        Tensor *h = op_rmsnorm(t, x, L->attn_norm, c->norm_eps);
-        Tensor *q = proj(t, m, lora, l, LT_Q, h);  // (B*T, H*D)
-        Tensor *k = proj(t, m, lora, l, LT_K, h);  // (B*T, KVH*D)
-        Tensor *v = proj(t, m, lora, l, LT_V, h);  // (B*T, KVH*D)
-        q = op_rope(t, q, B, T, H, D, pos0, m->inv_freq, ROPE_HALF);
-        k = op_rope(t, k, B, T, KVH, D, pos0, m->inv_freq, ROPE_HALF);
-        int64_t Tk = T;
-        if (kv) {
-            k = cache_append(t, kv, kv->k, l, k, T);
-            v = cache_append(t, kv, kv->v, l, v, T);
-            Tk = pos0 + T;
-        }
-        Tensor *a = op_attention(t, q, k, v, B, T, Tk, H, KVH, D, 0);  // (B*T, H*D)
-        x = op_add(t, x, proj(t, m, lora, l, LT_O, a));
-        // MLP block
-        h = op_rmsnorm(t, x, L->ffn_norm, c->norm_eps);
-        Tensor *g = proj(t, m, lora, l, LT_GATE, h);  // (B*T, F)
-        Tensor *u = proj(t, m, lora, l, LT_UP, h);    // (B*T, F)
-        x = op_add(t, x, proj(t, m, lora, l, LT_DOWN, op_swiglu(t, g, u)));
+        Block *b = tape_alloc(t, sizeof *b);
+        *b = (Block){m, lora, kv, l, B, T};
+        x = sub ? op_checkpoint(t, x, block_forward, b, layer_trains(lora, l)) : block_forward(t, x, b);
     }
     if (kv) kv->len += T;
     if (last_only) {
@@ -94,12 +128,17 @@ Tensor *model_forward(Tape *t, const Model *m, const LoraAdapter *lora, const in
                    (size_t)c->dim * sizeof(float));
         x = last;
     }
-    x = op_rmsnorm(t, x, m->final_norm, c->norm_eps);
+    return op_rmsnorm(t, x, m->final_norm, c->norm_eps);
+}
+
+Tensor *model_forward(Tape *t, const Model *m, const LoraAdapter *lora, const int *ids, int B,
+                      int T, KVCache *kv, int last_only) {
+    Tensor *x = model_trunk(t, m, lora, ids, B, T, kv, last_only);
     return op_linear(t, x, &m->lm_head);  // (B*T, V) or (B, V)
 }
 
 Tensor *model_loss(Tape *t, const Model *m, const LoraAdapter *lora, const int *ids,
                    const int *targets, int B, int T, float norm) {
-    Tensor *logits = model_forward(t, m, lora, ids, B, T, NULL, 0);
-    return op_cross_entropy(t, logits, targets, norm);
+    Tensor *x = model_trunk(t, m, lora, ids, B, T, NULL, 0);
+    return op_linear_cross_entropy(t, x, &m->lm_head, targets, norm);
 }

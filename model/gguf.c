@@ -426,6 +426,21 @@ int gguf_get_f32(const Gguf *g, const char *key, float *out) {
     return -1;
 }
 
+int gguf_get_bool(const Gguf *g, const char *key, int *out) {
+    const Kv *kv = find_kv(g, key);
+    if (!kv || kv->type != GGUF_BOOL || !kv->val) return -1;
+    *out = kv->val[0] != 0;
+    return 0;
+}
+
+uint64_t gguf_kv_count(const Gguf *g) { return g->n_kv; }
+
+const char *gguf_kv_key(const Gguf *g, uint64_t i, GgufValueType *type) {
+    if (i >= g->n_kv || !g->kv[i].key) return NULL;
+    if (type) *type = g->kv[i].type;
+    return g->kv[i].key;
+}
+
 const char *gguf_get_str(const Gguf *g, const char *key) {
     const Kv *kv = find_kv(g, key);
     return kv && kv->type == GGUF_STRING ? kv->str : NULL;
@@ -569,6 +584,14 @@ int ggw_set_u32(GgufWriter *w, const char *key, uint32_t val, Err *e) {
     Buf b = {0};
     buf_u32(&b, GGUF_U32);
     buf_u32(&b, val);
+    return set_kv(w, key, &b, e);
+}
+
+int ggw_set_bool(GgufWriter *w, const char *key, int val, Err *e) {
+    Buf b = {0};
+    uint8_t v = val ? 1 : 0;
+    buf_u32(&b, GGUF_BOOL);
+    buf_put(&b, &v, 1);
     return set_kv(w, key, &b, e);
 }
 

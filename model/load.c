@@ -6,8 +6,36 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include "model/io_internal.h"
+#include "quant/quant.h"
+
+// ---- quantization options -----------------------------------------------------------------
+
+int quant_parse(const char *s, QuantType *out, Err *e) {
+    if (!strcmp(s, "none") || !strcmp(s, "f32") || !strcmp(s, "fp32")) *out = QUANT_NONE;
+    else if (!strcmp(s, "nf4")) *out = QUANT_NF4;
+    else return err_set(e, "quant: expected nf4 or none, got \"%s\"", s);
+    return 0;
+}
+
+const char *quant_name(QuantType q) { return q == QUANT_NF4 ? "nf4" : "none"; }
+
+void model_load_options_default(ModelLoadOptions *o) {
+    memset(o, 0, sizeof *o);
+    o->quant = QUANT_NONE;
+}
+
+// The whole pages inside [p, p+n) of a read-only file mapping are dropped from memory once
+// a tensor has been copied out of them (they are re-read from the file if touched again),
+// so that loading a big model does not leave the whole file resident.
+static void release_mapped(const void *p, size_t n) {
+    uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+    uintptr_t a = ((uintptr_t)p + page - 1) & ~(page - 1), b = ((uintptr_t)p + n) & ~(page - 1);
+    if (b > a) madvise((void *)a, b - a, MADV_DONTNEED);
+}
 
 // ---- config -------------------------------------------------------------------------------
 
@@ -73,6 +101,7 @@ void model_free(Model *m) {
     }
     weight_free(&m->lm_head);
     free_wrapped(m->tok_emb);
+    weight_free(&m->emb);
     free_wrapped(m->final_norm);
     free(m->inv_freq);
     free(m);
@@ -164,8 +193,36 @@ static int read_missing(int absent, const char *src, const char *what, Err *e) {
     return absent ? err_set(e, "%s: tensor %s is missing", src, what) : -1;
 }
 
+// w (rows, cols) fp32 (freed) -> *out as the storage of quant: NF4 (a new Nf4Matrix) or as it is.
+static int store_weight(float *w, int64_t rows, int64_t cols, QuantType quant, const char *name, int layer,
+                        const char *src, Weight *out, Err *e) {
+    *out = (Weight){WT_F32, rows, cols, w, 1, name};
+    if (quant != QUANT_NF4) return 0;
+    Nf4Matrix *q = xmalloc(sizeof *q, "NF4 matrix", e);
+    Err qe = {{0}};
+    if (!q || nf4_quantize(w, rows, cols, name, q, &qe)) {
+        free(w);
+        free(q);
+        out->data = NULL;
+        return q ? err_set(e, "%s: layer %d: %s", src, layer, qe.msg) : -1;
+    }
+    free(w);
+    *out = (Weight){WT_NF4, rows, cols, q, 1, name};
+    return 0;
+}
+
+// head (V,C) fp32 (freed) -> a bf16 copy (NULL on OOM, Err filled).
+static uint16_t *to_bf16(float *head, int64_t n, Err *e) {
+    uint16_t *h = xmalloc_aligned((size_t)n * sizeof(uint16_t), "lm_head (bf16)", e);
+    if (h)
+#pragma omp parallel for schedule(static)
+        for (int64_t i = 0; i < n; i++) h[i] = f32_to_bf16(head[i]);
+    free(head);
+    return h;
+}
+
 // Fills m's weights through rd. file_rope says whether q/k rows need permuting.
-static int model_fill(Model *m, ReadFn rd, void *ctx, Err *e) {
+static int model_fill(Model *m, ReadFn rd, void *ctx, QuantType quant, Err *e) {
     const ModelConfig *c = &m->cfg;
     const char *src = m->source;
     int64_t V = c->vocab_size, C = c->dim;
@@ -191,14 +248,31 @@ static int model_fill(Model *m, ReadFn rd, void *ctx, Err *e) {
             m->cfg.tied_embeddings = 1;
         }
     }
-    int64_t es[2] = {V, C};
-    m->tok_emb = tensor_wrap(emb, 2, es, "tok_emb", e);
-    if (!m->tok_emb) {
-        free(emb);
-        free(head);
-        return -1;
+    m->quant = quant;
+    if (quant == QUANT_NF4) {  // QLoRA keeps the embeddings and the classifier in 16 bits
+        uint16_t *eb = to_bf16(emb, V * C, e);
+        m->emb = (Weight){WT_BF16, V, C, eb, 1, "tok_emb"};
+        if (!eb) {
+            free(head);
+            return -1;
+        }
+        m->lm_head = (Weight){WT_BF16, V, C, eb, 0, "lm_head"};
+        if (head) {
+            uint16_t *hb = to_bf16(head, V * C, e);
+            m->lm_head = (Weight){WT_BF16, V, C, hb, 1, "lm_head"};
+            if (!hb) return -1;
+        }
+    } else {
+        int64_t es[2] = {V, C};
+        m->tok_emb = tensor_wrap(emb, 2, es, "tok_emb", e);
+        if (!m->tok_emb) {
+            free(emb);
+            free(head);
+            return -1;
+        }
+        m->emb = (Weight){WT_F32, V, C, emb, 0, "tok_emb"};
+        m->lm_head = (Weight){WT_F32, V, C, head ? head : emb, head != NULL, "lm_head"};
     }
-    m->lm_head = (Weight){WT_F32, V, C, head ? head : emb, head != NULL, "lm_head"};
     m->final_norm = wrap_vec(read_new(rd, ctx, R_FINAL_NORM, 0, 0, C, 0, &absent, e), C,
                              "final_norm", e);
     if (!m->final_norm) return read_missing(absent, src, "final norm (model.norm / output_norm)", e);
@@ -219,10 +293,13 @@ static int model_fill(Model *m, ReadFn rd, void *ctx, Err *e) {
                 return err_set(e, "%s: layer %d: weight %s is missing", src, l,
                                lora_target_name((LoraTarget)t));
             }
-            L->w[t] = (Weight){WT_F32, rows, cols, w, 1, lora_target_name((LoraTarget)t)};
             if (c->file_rope == ROPE_ADJACENT && (t == LT_Q || t == LT_K) &&
                 permute_adjacent_to_half(w, t == LT_Q ? c->n_heads : c->n_kv_heads, c->head_dim,
-                                         cols, e))
+                                         cols, e)) {
+                free(w);
+                return -1;
+            }
+            if (store_weight(w, rows, cols, quant, lora_target_name((LoraTarget)t), l, src, &L->w[t], e))
                 return -1;
         }
     }
@@ -319,7 +396,10 @@ static int hf_read(void *ctx, Role r, int layer, LoraTarget t, float *out, int64
     const SafeTensors *st = hf_find(ctx, name);
     if (!st) return 1;
     int64_t shape[2] = {rows, cols};
-    return st_read_f32(st, name, out, cols ? 2 : 1, shape, e);
+    if (st_read_f32(st, name, out, cols ? 2 : 1, shape, e)) return -1;
+    const StTensor *ti = st_find(st, name);
+    release_mapped(ti->data, ti->nbytes);
+    return 0;
 }
 
 static void hf_close(HfFiles *h) {
@@ -494,7 +574,7 @@ static int hf_config(const char *dir, ModelConfig *c, Err *e) {
     return rc;
 }
 
-static Model *load_hf(const char *dir, Err *e) {
+static Model *load_hf(const char *dir, QuantType quant, Err *e) {
     ModelConfig c;
     if (hf_config(dir, &c, e)) return NULL;
     HfFiles h = {0};
@@ -506,7 +586,7 @@ static Model *load_hf(const char *dir, Err *e) {
     for (int f = 0, k = 0; !rc && f < h.n; f++)
         for (int i = 0; i < st_count(h.files[f]); i++) names[k++] = st_at(h.files[f], i)->name;
     if (rc || check_names(names, n, &HF_NAMES, &c, dir, e) || !(m = model_alloc(&c, dir, e)) ||
-        model_fill(m, hf_read, &h, e)) {
+        model_fill(m, hf_read, &h, quant, e)) {
         model_free(m);
         m = NULL;
     }
@@ -539,7 +619,9 @@ static int gguf_read(void *ctx, Role r, int layer, LoraTarget t, float *out, int
         return err_set(e, "%s: tensor %s has ne %s, expected ne %s from the model's metadata",
                        gc->path, name, a, b);
     }
-    return gguf_read_f32(gc->g, name, out, gt->n, e);
+    if (gguf_read_f32(gc->g, name, out, gt->n, e)) return -1;
+    release_mapped(gt->data, gt->nbytes);
+    return 0;
 }
 
 static int gguf_u32_req(const Gguf *g, const char *key, const char *path, int *out, Err *e) {
@@ -597,7 +679,7 @@ static int gguf_config(const Gguf *g, const char *path, ModelConfig *c, Err *e) 
     return 0;
 }
 
-static Model *load_gguf(const char *path, Err *e) {
+static Model *load_gguf(const char *path, QuantType quant, Err *e) {
     Gguf *g = gguf_open(path, e);
     if (!g) return NULL;
     ModelConfig c;
@@ -607,7 +689,7 @@ static Model *load_gguf(const char *path, Err *e) {
     const char **names = xmalloc((size_t)n * sizeof *names, "tensor names", e);
     for (int i = 0; names && i < n; i++) names[i] = gguf_tensor_at(g, i)->name;
     if (!names || gguf_config(g, path, &c, e) || check_names(names, n, &GGUF_NAMES, &c, path, e) ||
-        !(m = model_alloc(&c, path, e)) || model_fill(m, gguf_read, &ctx, e)) {
+        !(m = model_alloc(&c, path, e)) || model_fill(m, gguf_read, &ctx, quant, e)) {
         model_free(m);
         m = NULL;
     }
@@ -666,11 +748,13 @@ static int bin_read(void *ctx, Role r, int layer, LoraTarget t, float *out, int6
     const BinCtx *b = ctx;
     int64_t off = bin_offset(b, r, layer, t, NULL);
     if (off < 0) return 1;
-    memcpy(out, b->base + off, (size_t)(rows * (cols ? cols : 1)) * sizeof(float));
+    size_t bytes = (size_t)(rows * (cols ? cols : 1)) * sizeof(float);
+    memcpy(out, b->base + off, bytes);
+    release_mapped(b->base + off, bytes);
     return 0;
 }
 
-static Model *load_bin(const char *path, Err *e) {
+static Model *load_bin(const char *path, QuantType quant, Err *e) {
     FileMap fm;
     if (filemap_open(&fm, path, e)) return NULL;
     Model *m = NULL;
@@ -712,7 +796,7 @@ static Model *load_bin(const char *path, Err *e) {
         goto done;
     }
     if (!(m = model_alloc(&c, path, e))) goto done;
-    if (model_fill(m, bin_read, &b, e)) {
+    if (model_fill(m, bin_read, &b, quant, e)) {
         model_free(m);
         m = NULL;
     }
@@ -724,7 +808,21 @@ done:
 // ---- dispatch -------------------------------------------------------------------------------
 
 Model *model_load(const char *path, Err *e) {
-    if (is_directory(path)) return load_hf(path, e);
+    ModelLoadOptions o;
+    model_load_options_default(&o);
+    return model_load_ex(path, &o, e);
+}
+
+Model *model_load_quant(const char *path, const char *quant, Err *e) {
+    ModelLoadOptions o;
+    model_load_options_default(&o);
+    if (quant && quant_parse(quant, &o.quant, e)) return NULL;
+    return model_load_ex(path, &o, e);
+}
+
+Model *model_load_ex(const char *path, const ModelLoadOptions *o, Err *e) {
+    QuantType q = o ? o->quant : QUANT_NONE;
+    if (is_directory(path)) return load_hf(path, q, e);
     if (!file_exists(path)) {
         err_set(e, "%s: no such file or directory", path);
         return NULL;
@@ -735,7 +833,7 @@ Model *model_load(const char *path, Err *e) {
         if (fread(magic, 1, 4, f) != 4) memset(magic, 0, 4);
         fclose(f);
     }
-    if (!memcmp(magic, "GGUF", 4)) return load_gguf(path, e);
+    if (!memcmp(magic, "GGUF", 4)) return load_gguf(path, q, e);
     if (ends_with(path, ".gguf")) {
         err_set(e, "%s: not a GGUF file (bad magic)", path);
         return NULL;
@@ -746,9 +844,9 @@ Model *model_load(const char *path, Err *e) {
         char *slash = strrchr(dir, '/');
         if (slash) *slash = 0;
         else snprintf(dir, sizeof dir, ".");
-        return load_hf(dir, e);
+        return load_hf(dir, q, e);
     }
-    return load_bin(path, e);
+    return load_bin(path, q, e);
 }
 
 // ---- writing ------------------------------------------------------------------------------
@@ -807,7 +905,7 @@ int model_save_hf(const Model *m, const char *dir, Err *e) {
     if (!sw) return -1;
     char name[160], path[1100];
     int rc = stw_add_metadata(sw, "format", "pt", e);
-    if (!rc) rc = add_tensor(sw, "model.embed_tokens.weight", m->tok_emb, e);
+    if (!rc) rc = add_weight(sw, "model.embed_tokens.weight", &m->emb, e);
     for (int l = 0; l < c->n_layers && !rc; l++) {
         const Layer *L = &m->layers[l];
         tensor_name(&HF_NAMES, name, sizeof name, R_ATTN_NORM, l, 0);
@@ -846,6 +944,7 @@ int model_write_random(const ModelConfig *cfg, uint64_t seed, float std, const c
         model_free(m);
         return -1;
     }
+    m->emb = (Weight){WT_F32, V, C, emb, 0, "tok_emb"};
     for (int64_t i = 0; i < V * C; i++) emb[i] = std * rng_normal(&rng);
     float *ones = xmalloc((size_t)C * sizeof(float), "norm", e);
     if (ones)

@@ -43,19 +43,41 @@ typedef struct {
     Weight w[LT_COUNT];
 } Layer;
 
+// How the frozen base is stored in memory (`--quant`).
+typedef enum {
+    QUANT_NONE = 0,           // weights as fp32
+    QUANT_NF4 = 1,            // QLoRA: q,k,v,o,gate,up,down NF4 with double quantization
+                              // (quant/quant.h); embeddings and lm_head bf16; norms fp32
+} QuantType;
+// "none" | "nf4" -> *out; an unknown name is an error naming the accepted ones.
+int quant_parse(const char *s, QuantType *out, Err *e);
+const char *quant_name(QuantType q);
+
 typedef struct {
     ModelConfig cfg;
-    Tensor *tok_emb;          // (V,C) frozen
+    QuantType quant;          // how the weights were stored at load
+    Tensor *tok_emb;          // (V,C) frozen fp32 table; NULL when stored as bf16 (QUANT_NF4)
+    Weight emb;               // (V,C) the same table as a Weight (WT_F32 over tok_emb's data,
+                              // or WT_BF16): read the embeddings through this one
     Layer *layers;            // (n_layers)
     Tensor *final_norm;       // (C)
-    Weight lm_head;           // (V,C); shares tok_emb's data when tied
+    Weight lm_head;           // (V,C); shares the embedding's data when tied
     float *inv_freq;          // (D/2) rotary frequencies
     char source[1024];        // the path it was loaded from
 } Model;
 
 // Loads a model from: a HF directory (config.json + model.safetensors), a .gguf file, or a
 // llama2.c .bin checkpoint. F16/BF16 tensors are converted to fp32.
-Model *model_load(const char *path, Err *e);
+Model *model_load(const char *path, Err *e);  // = model_load_ex with the default options
+typedef struct {
+    QuantType quant;          // QUANT_NONE (default) or QUANT_NF4: each linear weight is
+                              // quantized right after it is read and its fp32 copy freed, so
+                              // loading needs about one fp32 tensor beyond the NF4 model
+} ModelLoadOptions;
+void model_load_options_default(ModelLoadOptions *o);
+Model *model_load_ex(const char *path, const ModelLoadOptions *o, Err *e);
+// The commands' `--quant NAME`: quant "nf4" | "none" | NULL (= none).
+Model *model_load_quant(const char *path, const char *quant, Err *e);
 void model_free(Model *m);
 // Writes m as a HF directory (config.json + model.safetensors in F32), atomically per file.
 int model_save_hf(const Model *m, const char *dir, Err *e);
@@ -109,9 +131,31 @@ void kv_reset(KVCache *kv);
 // recording follow the tape's settings.
 Tensor *model_forward(Tape *t, const Model *m, const LoraAdapter *lora, const int *ids,
                       int B, int T, KVCache *kv, int last_only);
-// ids, targets (B,T) (target < 0 = ignored) -> scalar Σ CE(kept) / norm
+// ids, targets (B,T) (target < 0 = ignored) -> scalar Σ CE(kept) / norm. The logits are
+// never materialised (op_linear_cross_entropy). With tape_checkpointing(t) each transformer
+// block is recorded as one op_checkpoint node (recomputed in backward); with recording off
+// (evaluation, generation) blocks always run on the sub-tape, so the arena holds one
+// block's intermediates at a time.
 Tensor *model_loss(Tape *t, const Model *m, const LoraAdapter *lora, const int *ids,
                    const int *targets, int B, int T, float norm);
+
+// ---- memory plan ----------------------------------------------------------------------------
+// What a training step of batch x seq needs, estimated from the shapes (bytes).
+typedef struct {
+    size_t linear;            // the q..down weights of every layer
+    size_t embedding, lm_head, norms;
+    size_t adapter, adapter_grads, optimizer;  // LoRA A/B, their gradients, optimizer moments
+    size_t act_checkpointed;  // activations + gradients + scratch with gradient checkpointing
+    size_t act_full;          // the same without
+    long adapter_params;
+} MemoryPlan;
+// optimizer_moments: fp32 values kept per trainable parameter (AdamW: 2). lora may be NULL.
+void model_memory_plan(const Model *m, const LoraAdapter *lora, int optimizer_moments, int batch,
+                       int seq, MemoryPlan *p);
+// Prints the plan (weights by kind and storage type, adapter, optimizer state, activations
+// with and without checkpointing, total) as an indented block.
+void model_print_memory_plan(FILE *f, const Model *m, const MemoryPlan *p, int batch, int seq,
+                             int checkpointing);
 
 // ---- tensor files -------------------------------------------------------------------------
 typedef enum { ST_F32, ST_F16, ST_BF16, ST_I32, ST_I64, ST_U8, ST_OTHER } StDtype;
@@ -206,7 +250,11 @@ int gguf_read_f32(const Gguf *g, const char *name, float *out, int64_t n, Err *e
 // Metadata lookups. Return 0 when found (value written), -1 when absent or of another type.
 int gguf_get_u32(const Gguf *g, const char *key, uint32_t *out);  // accepts any int type
 int gguf_get_f32(const Gguf *g, const char *key, float *out);     // accepts f32/f64
+int gguf_get_bool(const Gguf *g, const char *key, int *out);      // bool keys only
 const char *gguf_get_str(const Gguf *g, const char *key);         // NUL-terminated copy, or NULL
+// Metadata keys in file order: key i and its value type (NULL when i is out of range).
+uint64_t gguf_kv_count(const Gguf *g);
+const char *gguf_kv_key(const Gguf *g, uint64_t i, GgufValueType *type);
 // Arrays: element type and count; element i as string / float / int.
 int gguf_get_arr(const Gguf *g, const char *key, GgufValueType *elem_type, uint64_t *count);
 const char *gguf_arr_str(const Gguf *g, const char *key, uint64_t i);   // NUL-terminated
@@ -217,6 +265,7 @@ GgufWriter *ggw_new(Err *e);
 int ggw_set_str(GgufWriter *w, const char *key, const char *val, Err *e);
 int ggw_set_u32(GgufWriter *w, const char *key, uint32_t val, Err *e);
 int ggw_set_f32(GgufWriter *w, const char *key, float val, Err *e);
+int ggw_set_bool(GgufWriter *w, const char *key, int val, Err *e);
 int ggw_set_arr_str(GgufWriter *w, const char *key, const char *const *vals, uint64_t n, Err *e);
 int ggw_set_arr_f32(GgufWriter *w, const char *key, const float *vals, uint64_t n, Err *e);
 int ggw_set_arr_i32(GgufWriter *w, const char *key, const int32_t *vals, uint64_t n, Err *e);

@@ -1,8 +1,8 @@
 // quant — NF4 + double quantization as bitsandbytes' quantize_4bit(..., "nf4",
 // compress_statistics=True); see quant.h for the format.
 #include "quant/quant.h"
+#include "quant/quant_internal.h"
 
-#include <cblas.h>
 #include <float.h>
 #include <math.h>
 #include <omp.h>
@@ -11,13 +11,6 @@
 #ifdef __AVX512F__
 #include <immintrin.h>
 #endif
-
-// Elements per OpenMP chunk and the smallest job worth a parallel region.
-#define DQ_CHUNK 16384
-#define PAR_MIN 32768
-// Target size of a dequantized scratch tile (floats): 16 MiB. Measured on 2 cores with
-// N = 512: 1 MiB tiles reach ~75% of one big sgemm, 16 MiB tiles ~95% (bigger sgemm calls).
-#define TILE_FLOATS (1 << 22)
 
 static const float NF4[16] = {
     -1.0f, -0.6961928009986877f, -0.5250730514526367f, -0.39491748809814453f,
@@ -317,21 +310,25 @@ static void dequant_range(const Nf4Matrix *m, int64_t i0, int64_t cnt, float *ou
 void nf4_dequant_tile(const Nf4Matrix *m, int64_t r0, int64_t nrows, int64_t c0, int64_t ncols,
                       float *out, int64_t ldo) {
     if (nrows <= 0 || ncols <= 0) return;
-    int par = !omp_in_parallel() && nrows * ncols >= PAR_MIN;
+    int par = nrows * ncols >= QT_PAR_MIN && !omp_in_parallel();
+    if (!par) {  // outside the OpenMP construct: entering even an if(0) region costs ~1 us
+        for (int64_t r = 0; r < nrows; r++) dequant_range(m, (r0 + r) * m->cols + c0, ncols, out + r * ldo);
+        return;
+    }
     if (ncols == m->cols && ldo == m->cols) {
         // whole rows: one contiguous flat range, split into chunks on block boundaries
         int64_t i0 = r0 * m->cols, cnt = nrows * m->cols;
-        int64_t first = (i0 / DQ_CHUNK + 1) * DQ_CHUNK;  // first chunk boundary after i0
-        int64_t nchunks = 1 + (i0 + cnt > first ? (i0 + cnt - first + DQ_CHUNK - 1) / DQ_CHUNK : 0);
-#pragma omp parallel for schedule(static) if (par)
+        int64_t first = (i0 / QT_DQ_CHUNK + 1) * QT_DQ_CHUNK;  // first chunk boundary after i0
+        int64_t nchunks = 1 + (i0 + cnt > first ? (i0 + cnt - first + QT_DQ_CHUNK - 1) / QT_DQ_CHUNK : 0);
+#pragma omp parallel for schedule(static)
         for (int64_t k = 0; k < nchunks; k++) {
-            int64_t s = k == 0 ? i0 : first + (k - 1) * DQ_CHUNK;
-            int64_t t = k == 0 ? first : s + DQ_CHUNK;
+            int64_t s = k == 0 ? i0 : first + (k - 1) * QT_DQ_CHUNK;
+            int64_t t = k == 0 ? first : s + QT_DQ_CHUNK;
             if (t > i0 + cnt) t = i0 + cnt;
             dequant_range(m, s, t - s, out + (s - i0));
         }
     } else {
-#pragma omp parallel for schedule(static) if (par)
+#pragma omp parallel for schedule(static)
         for (int64_t r = 0; r < nrows; r++)
             dequant_range(m, (r0 + r) * m->cols + c0, ncols, out + r * ldo);
     }
@@ -341,66 +338,32 @@ void nf4_dequant_rows(const Nf4Matrix *m, int64_t r0, int64_t nrows, float *out)
     nf4_dequant_tile(m, r0, nrows, 0, m->cols, out, m->cols);
 }
 
-// ---- fused matmuls ----------------------------------------------------------------------
+// ---- fused matmuls: the shared tiled driver of quant_internal.h ------------------------
 
-// Rows of W per tile of nf4_matmul_xwt, columns of W per tile of nf4_matmul_dyw.
-static int64_t tile_rows(const Nf4Matrix *w) {
-    int64_t t = TILE_FLOATS / w->cols;
-    if (t < 64) t = 64;
-    return t < w->rows ? t : w->rows;
+static void nf4_tile_cb(const void *w, int64_t r0, int64_t nrows, int64_t c0, int64_t ncols, float *out,
+                        int64_t ldo) {
+    nf4_dequant_tile((const Nf4Matrix *)w, r0, nrows, c0, ncols, out, ldo);
 }
 
-static int64_t tile_cols(const Nf4Matrix *w) {
-    int64_t t = (TILE_FLOATS / w->rows) / NF4_BLOCK * NF4_BLOCK;
-    if (t < NF4_BLOCK) t = NF4_BLOCK;
-    return t < w->cols ? t : w->cols;
+static QtMatrix nf4_qt(const Nf4Matrix *w) {
+    return (QtMatrix){w, nf4_tile_cb, w->rows, w->cols, NF4_BLOCK, "NF4", w->name};
 }
 
 size_t nf4_scratch_floats(const Nf4Matrix *w) {
-    int64_t a = tile_rows(w) * w->cols, b = w->rows * tile_cols(w);
-    return (size_t)(a > b ? a : b);
-}
-
-static float *get_scratch(const Nf4Matrix *w, float *scratch, Err *e) {
-    if (scratch) return scratch;
-    char what[200];
-    snprintf(what, sizeof what, "NF4 dequantization tile of %s (%zu floats)", w->name ? w->name : "weight",
-             nf4_scratch_floats(w));
-    return xmalloc_aligned(nf4_scratch_floats(w) * sizeof(float), what, e);
+    QtMatrix q = nf4_qt(w);
+    return qt_scratch_floats(&q);
 }
 
 // x (N,C), W (OC,C) -> y (N,OC)
 int nf4_matmul_xwt(const float *x, int64_t N, const Nf4Matrix *w, float *y, int accumulate,
                    float *scratch, Err *e) {
-    if (N <= 0) return 0;
-    float *tile = get_scratch(w, scratch, e);
-    if (!tile) return -1;
-    const int64_t OC = w->rows, C = w->cols, T = tile_rows(w);
-    for (int64_t r0 = 0; r0 < OC; r0 += T) {
-        int64_t t = OC - r0 < T ? OC - r0 : T;
-        nf4_dequant_rows(w, r0, t, tile);  // tile (t, C)
-        // y[:, r0:r0+t] (N,t) = x (N,C) · tileᵀ (C,t)
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)N, (int)t, (int)C, 1.0f, x, (int)C,
-                    tile, (int)C, accumulate ? 1.0f : 0.0f, y + r0, (int)OC);
-    }
-    if (tile != scratch) free(tile);
-    return 0;
+    QtMatrix q = nf4_qt(w);
+    return qt_matmul_xwt(&q, x, N, y, accumulate, scratch, e);
 }
 
 // dy (N,OC), W (OC,C) -> dx (N,C)
 int nf4_matmul_dyw(const float *dy, int64_t N, const Nf4Matrix *w, float *dx, int accumulate,
                    float *scratch, Err *e) {
-    if (N <= 0) return 0;
-    float *tile = get_scratch(w, scratch, e);
-    if (!tile) return -1;
-    const int64_t OC = w->rows, C = w->cols, T = tile_cols(w);
-    for (int64_t c0 = 0; c0 < C; c0 += T) {
-        int64_t t = C - c0 < T ? C - c0 : T;
-        nf4_dequant_tile(w, 0, OC, c0, t, tile, t);  // tile (OC, t) = W[:, c0:c0+t]
-        // dx[:, c0:c0+t] (N,t) = dy (N,OC) · tile (OC,t)
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)N, (int)t, (int)OC, 1.0f, dy, (int)OC,
-                    tile, (int)t, accumulate ? 1.0f : 0.0f, dx + c0, (int)C);
-    }
-    if (tile != scratch) free(tile);
-    return 0;
+    QtMatrix q = nf4_qt(w);
+    return qt_matmul_dyw(&q, dy, N, dx, accumulate, scratch, e);
 }

@@ -30,9 +30,10 @@
 // after double quantization the block comes back as -absmax' (the 8-bit reconstruction of
 // 0, a small nonzero value) instead of 0. Dequantizing bitsandbytes' own codes is unaffected.
 //
-// Integration with autograd's Weight is meant to be a new WeightType whose data points at
-// an Nf4Matrix: weight_row_f32 -> nf4_dequant_rows(m, r, 1, out); op_linear forward ->
-// nf4_matmul_xwt; its input gradient -> nf4_matmul_dyw (accumulate = 1).
+// In autograd an NF4 frozen weight is a Weight of type WT_NF4 whose data points at an
+// Nf4Matrix: weight_row_f32 -> nf4_dequant_rows(m, r, 1, out); op_linear forward ->
+// nf4_gemv for a few rows of x (decoding), nf4_matmul_xwt otherwise; its input gradient ->
+// nf4_matmul_dyw (accumulate = 1).
 #pragma once
 #include <stddef.h>
 #include <stdint.h>
@@ -84,6 +85,9 @@ void nf4_dequant_tile(const Nf4Matrix *m, int64_t r0, int64_t nrows, int64_t c0,
 // never holding an fp32 copy of the whole W (tiles of about 16 MiB; the whole fp32 W when it
 // is smaller than that). scratch: nf4_scratch_floats(w) floats, or
 // NULL to allocate (and free) one internally (returns -1 with Err only if that fails).
+// With N <= 4 (decoding) no scratch is used: dequantization is fused with the dot products
+// (W streamed once through a 32 KiB per-thread buffer); the result is the same to float
+// rounding and does not depend on the thread count.
 size_t nf4_scratch_floats(const Nf4Matrix *w);
 
 // x (N,C), W (OC,C) -> y (N,OC)      y = x Wᵀ  (accumulate: y += x Wᵀ)
@@ -93,4 +97,110 @@ int nf4_matmul_xwt(const float *x, int64_t N, const Nf4Matrix *w, float *y, int 
 // dy (N,OC), W (OC,C) -> dx (N,C)    dx = dy W  (accumulate: dx += dy W)
 // Tiles of columns of W: dx[:, c0:c0+T] = dy · W[:, c0:c0+T].
 int nf4_matmul_dyw(const float *dy, int64_t N, const Nf4Matrix *w, float *dx, int accumulate,
+                   float *scratch, Err *e);
+
+// ---- fused dequantize-and-dot for a few rows of x (decoding) ----------------------------
+// x (N,C), W (OC,C) -> y (N,OC)      y = x Wᵀ  (accumulate: y += x Wᵀ)
+// For small N (one token at a time): every block of 64 codes is unpacked in registers,
+// looked up in the codebook (AVX-512 permute), multiplied with x and scaled by its absmax:
+// the 4-bit weights are streamed once and never written out as floats. Parallel over rows
+// of W. Needs cols % 64 == 0 (nf4_gemv_ok; every Llama projection) — callers use
+// nf4_matmul_xwt otherwise. Sums in another order than sgemm: equal to dequantize + sgemv
+// up to fp32 rounding. scratch: N*cols floats (x reordered to match the nibble order).
+#define NF4_GEMV_MAX_N 8   // up to this many rows of x the fused kernel beats dequant + sgemm
+int nf4_gemv_ok(const Nf4Matrix *w);
+void nf4_gemv(const float *x, int64_t N, const Nf4Matrix *w, float *y, int accumulate, float *scratch);
+
+// =========================================================================================
+// ---- GGUF block formats (ggml / llama.cpp): weights that arrive already quantized --------
+// =========================================================================================
+// A quantized GGUF tensor is used in place, straight from the mapped file (no copy, no
+// requantization). The interface mirrors NF4's: a small struct, row/tile dequantization,
+// the same fused matmuls. Values are exactly those of llama.cpp's dequantize_row_* (the
+// same fp32 operations in the same order, no FMA: bit-identical).
+//
+// A (rows, cols) row-major matrix (GGUF ne = [cols, rows]) is stored as `rows` consecutive
+// rows of cols / QK blocks each; cols must be a multiple of QK. fp16 = IEEE half, little
+// endian. Block layouts (bytes in order) and the value of element j of a block:
+//   Q4_0 (QK 32, 18 B): d fp16, qs[16]           x = ((qs[j] & 15) - 8) * d  for j < 16,
+//                                                    ((qs[j-16] >> 4) - 8) * d for j >= 16
+//   Q4_1 (QK 32, 20 B): d, m fp16, qs[16]        x = q * d + m  (q the nibble as in Q4_0)
+//   Q5_0 (QK 32, 22 B): d, qh u32 LE, qs[16]     q = nibble | (bit j of qh) << 4; (q - 16) * d
+//   Q5_1 (QK 32, 24 B): d, m, qh u32, qs[16]     q as Q5_0; x = q * d + m
+//   Q8_0 (QK 32, 34 B): d, qs[32] int8           x = qs[j] * d
+//   Q4_K (QK 256, 144 B): d, dmin fp16, scales[12], qs[128]. 8 sub-blocks of 32 with 6-bit
+//        scale sc_s and min m_s packed in scales[] (s < 4: sc = scales[s] & 63,
+//        m = scales[s+4] & 63; s >= 4: sc = (scales[s+4] & 15) | (scales[s-4] >> 6) << 4,
+//        m = (scales[s+4] >> 4) | (scales[s] >> 6) << 4). Sub-blocks 2g and 2g+1 share the
+//        32 bytes qs[32g..32g+31]: low nibbles are sub-block 2g, high nibbles 2g+1;
+//        x = (d * sc_s) * q - (dmin * m_s).
+//   Q5_K (QK 256, 176 B): d, dmin, scales[12], qh[32], qs[128]: as Q4_K with a 5th bit:
+//        element l of sub-block s adds 16 when bit s of qh[l] is set.
+//   Q6_K (QK 256, 210 B): ql[128], qh[64], scales[16] int8, d fp16. Halves h = 0, 1 of 128
+//        values use ql[64h..], qh[32h..]; for l < 32 the four 6-bit codes
+//        (ql[l] & 15, ql[l+32] & 15, ql[l] >> 4, ql[l+32] >> 4) | 2 bits of qh[l] (bits 0-1,
+//        2-3, 4-5, 6-7) << 4 give elements l, l+32, l+64, l+96 of the half; minus 32; element
+//        i of the block has scale scales[i / 16]: x = (d * scales[i/16]) * (q - 32).
+//
+// Integration with autograd's Weight (as NF4): a WeightType whose data points at a
+// GgqMatrix: weight_row_f32 -> ggq_dequant_rows(m, r, 1, out); op_linear forward ->
+// ggq_matmul_xwt; its input gradient -> ggq_matmul_dyw (accumulate = 1).
+
+// ggml type ids (the GgmlType values of model/model.h) of the supported formats.
+#define GGQ_Q4_0 2
+#define GGQ_Q4_1 3
+#define GGQ_Q5_0 6
+#define GGQ_Q5_1 7
+#define GGQ_Q8_0 8
+#define GGQ_Q4_K 12
+#define GGQ_Q5_K 13
+#define GGQ_Q6_K 14
+
+typedef struct {
+    int type;             // ggml type id, one of GGQ_*
+    int64_t rows, cols;   // (rows, cols) row-major; for a linear layer (OC, C), y = x Wᵀ
+    const void *data;     // rows * ggq_row_bytes(type, cols) bytes, not owned (usually the
+                          // mapped GGUF); no alignment required
+    const char *name;     // optional, for messages (not owned)
+} GgqMatrix;
+
+int ggq_supported(int type);          // 1 for the eight types above, else 0
+const char *ggq_type_name(int type);  // "Q4_K"; NULL when unsupported
+int ggq_block_elems(int type);        // QK: 32 or 256 (0 when unsupported)
+size_t ggq_block_bytes(int type);     // bytes per block (0 when unsupported)
+// Bytes of one row of cols values (whole blocks: cols rounded up to QK), of a matrix, of m.
+size_t ggq_row_bytes(int type, int64_t cols);
+size_t ggq_bytes_for(int type, int64_t rows, int64_t cols);
+size_t ggq_bytes(const GgqMatrix *m);
+
+// Validates a (rows, cols) matrix of ggml type `type` held in nbytes bytes: supported type,
+// rows and cols >= 1, cols a multiple of the block size, nbytes == ggq_bytes_for(...).
+// Returns 0, or -1 with one message naming `name`.
+int ggq_check(int type, int64_t rows, int64_t cols, size_t nbytes, const char *name, Err *e);
+// ggq_check, then fills *m (data is referenced, not copied).
+int ggq_init(GgqMatrix *m, int type, int64_t rows, int64_t cols, const void *data, size_t nbytes,
+             const char *name, Err *e);
+// Reads every fp16 scale (d, and m / dmin) of m: -1 with a message naming the tensor, row
+// and block when one is Inf or NaN (the weights would silently come out non-finite).
+// O(blocks), parallel; touches every page of the data.
+int ggq_check_scales(const GgqMatrix *m, Err *e);
+
+// Rows r0 .. r0+nrows-1 dequantized -> out (nrows, cols).
+// Parallel over blocks when called outside a parallel region (inside one it runs on the
+// calling thread, so callers may give each thread its own row range).
+void ggq_dequant_rows(const GgqMatrix *m, int64_t r0, int64_t nrows, float *out);
+// The sub-matrix rows [r0, r0+nrows) x columns [c0, c0+ncols) -> out (nrows, ncols) with
+// leading dimension ldo (>= ncols); any c0 / ncols (partial blocks are dequantized whole
+// into a local buffer). Same threading as ggq_dequant_rows.
+void ggq_dequant_tile(const GgqMatrix *m, int64_t r0, int64_t nrows, int64_t c0, int64_t ncols,
+                      float *out, int64_t ldo);
+
+// Fused matmuls, exactly as nf4_matmul_* (same tiling, same scratch rule, fused path for
+// N <= 4). scratch: ggq_scratch_floats(w) floats, or NULL to allocate one internally.
+size_t ggq_scratch_floats(const GgqMatrix *w);
+// x (N,C), W (OC,C) -> y (N,OC)      y = x Wᵀ  (accumulate: y += x Wᵀ)
+int ggq_matmul_xwt(const float *x, int64_t N, const GgqMatrix *w, float *y, int accumulate,
+                   float *scratch, Err *e);
+// dy (N,OC), W (OC,C) -> dx (N,C)    dx = dy W  (accumulate: dx += dy W)
+int ggq_matmul_dyw(const float *dy, int64_t N, const GgqMatrix *w, float *dx, int accumulate,
                    float *scratch, Err *e);

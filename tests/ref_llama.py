@@ -4,12 +4,19 @@ on q,k,v,o,gate,up,down, written out as a HF model dir + PEFT adapter dir, with 
 logits, loss, LoRA gradients and a 5-step AdamW training run.
 
 usage: /usr/bin/python3 tests/ref_llama.py OUTDIR
-writes OUTDIR/{untied,tied,rslora}/{model/,adapter/,expected.safetensors}
+writes OUTDIR/{untied,tied,rslora,nf4}/{model/,adapter/,expected.safetensors}
 The reference is computed in float64 from the float32 (tied: bf16) values written to disk.
+The nf4 variant (QLoRA) writes float32 weights but computes the reference on what lora.c's
+`--quant nf4` holds: every linear weight quantized and dequantized by tests/ref_nf4.py (an
+independent re-implementation of bitsandbytes' NF4 with double quantization), embeddings and
+lm_head rounded to bf16.
 """
 import json, math, os, struct, sys
 import torch
 import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import ref_nf4  # noqa: E402
 
 C, FF, L, H, KVH, V, MAXPOS = 64, 96, 2, 4, 2, 101, 64
 D = C // H
@@ -165,7 +172,23 @@ def train(w, lora0, scale, batches, tied, max_norm):
     return params, losses, norms, lrs
 
 
-def variant(out, name, seed, tied, rslora, bf16):
+def qlora_view(w32):
+    """The weights as `--quant nf4` holds them: linear weights NF4-dequantized, the
+    embeddings and lm_head rounded to bf16, norms as they are."""
+    w = {}
+    for k, v in w32.items():
+        if k.endswith("_proj.weight"):
+            packed, absq, scale2, offset, code2, _, _ = ref_nf4.quantize_4bit_nf4_dq(v.numpy())
+            deq = ref_nf4.dequantize(packed, absq, scale2, offset, code2, v.numel())
+            w[k] = torch.from_numpy(deq.copy()).reshape(v.shape)
+        elif k in ("model.embed_tokens.weight", "lm_head.weight"):
+            w[k] = v.to(torch.bfloat16).to(torch.float32)
+        else:
+            w[k] = v
+    return w
+
+
+def variant(out, name, seed, tied, rslora, bf16, nf4=False):
     g = torch.Generator().manual_seed(seed)
     d = os.path.join(out, name)
     os.makedirs(os.path.join(d, "model"), exist_ok=True)
@@ -192,7 +215,7 @@ def variant(out, name, seed, tied, rslora, bf16):
     with open(os.path.join(d, "adapter", "adapter_config.json"), "w") as f:
         json.dump(acfg, f, indent=2)
 
-    w = {k: v.to(f64) for k, v in w32.items()}
+    w = {k: v.to(f64) for k, v in (qlora_view(w32) if nf4 else w32).items()}
     lora0 = {k: v.to(f64) for k, v in lora32.items()}
     scale = ALPHA / math.sqrt(RANK) if rslora else ALPHA / RANK
     ids, tg = make_batch(g, [3, 0])
@@ -237,6 +260,7 @@ def main():
     variant(sys.argv[1], "untied", 1234, tied=False, rslora=False, bf16=False)
     variant(sys.argv[1], "tied", 5678, tied=True, rslora=False, bf16=True)
     variant(sys.argv[1], "rslora", 91011, tied=False, rslora=True, bf16=False)
+    variant(sys.argv[1], "nf4", 121314, tied=False, rslora=False, bf16=False, nf4=True)
 
 
 if __name__ == "__main__":

@@ -428,6 +428,16 @@ static void test_gguf_handmade(void) {
     CHECK("gguf_wrong_type", gguf_get_f32(g, "t.u32", &f) != 0 && gguf_get_str(g, "t.u32") == NULL &&
                                  gguf_get_u32(g, "t.str", &u) != 0 && gguf_get_u32(g, "nope", &u) != 0,
           "type confusion");
+    int bv = -1;
+    CHECK("gguf_bool", gguf_get_bool(g, "t.bool", &bv) == 0 && bv == 1 && gguf_get_bool(g, "t.u8", &bv) != 0,
+          "%d", bv);
+    int seen_bool = 0;
+    for (uint64_t i = 0; i < gguf_kv_count(g); i++) {
+        GgufValueType kt;
+        const char *k = gguf_kv_key(g, i, &kt);
+        if (k && !strcmp(k, "t.bool") && kt == GGUF_BOOL) seen_bool = 1;
+    }
+    CHECK("gguf_kv_iterate", seen_bool && gguf_kv_key(g, gguf_kv_count(g), NULL) == NULL, "t.bool not listed");
     const char *s = gguf_get_str(g, "t.str");
     CHECK("gguf_str", s && !strcmp(s, "h\xc3\xa9llo"), "%s", s ? s : "NULL");
     GgufValueType et;
@@ -503,7 +513,7 @@ static void test_gguf_writer(void) {
     int64_t ne1[2] = {3, 2}, ne2[1] = {5}, ne3[3] = {2, 2, 2};
     int rc = ggw_set_str(w, "general.architecture", "llama", &e) || ggw_set_u32(w, "x.u32", 7, &e) ||
              ggw_set_u32(w, "x.u32", 4294967295u, &e) ||  // replaces
-             ggw_set_f32(w, "x.f32", 1e-5f, &e) || ggw_set_arr_str(w, "x.strs", strs, 3, &e) ||
+             ggw_set_f32(w, "x.f32", 1e-5f, &e) || ggw_set_bool(w, "x.b", 1, &e) || ggw_set_arr_str(w, "x.strs", strs, 3, &e) ||
              ggw_set_arr_f32(w, "x.fa", fa, 4, &e) || ggw_set_arr_i32(w, "x.ia", ia, 3, &e) ||
              ggw_add_f32(w, "t.f32", GGML_F32, 2, ne1, t1, &e) || ggw_add_f32(w, "t.f16", GGML_F16, 1, ne2, t2, &e) ||
              ggw_add_f32(w, "t.bf16", GGML_BF16, 3, ne3, t3, &e);
@@ -523,6 +533,8 @@ static void test_gguf_writer(void) {
     CHECK("ggw_str", arch && !strcmp(arch, "llama"), "bad");
     CHECK("ggw_u32_replaced", gguf_get_u32(g, "x.u32", &u) == 0 && u == 4294967295u, "%u", u);
     CHECK("ggw_f32", gguf_get_f32(g, "x.f32", &f) == 0 && f == 1e-5f, "%g", f);
+    int bv = 0;
+    CHECK("ggw_bool", gguf_get_bool(g, "x.b", &bv) == 0 && bv == 1, "%d", bv);
     CHECK("ggw_arr_str", gguf_get_arr(g, "x.strs", &et, &n) == 0 && et == GGUF_STRING && n == 3 &&
                              !strcmp(gguf_arr_str(g, "x.strs", 2), strs[2]) && !strcmp(gguf_arr_str(g, "x.strs", 1), ""),
           "bad");

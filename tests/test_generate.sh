@@ -27,4 +27,15 @@ case "$text" in
   "$want"*) pass stories260K_greedy_text ;;
   *) fail stories260K_greedy_text "got [$(echo "$text" | head -c 200)] want prefix [$want]" ;;
 esac
+# The GGUF alone (no --tokenizer): its embedded vocabulary (tokenizer.ggml.*) tokenizes and
+# decodes; the same ids and the same text.
+got=$(./lora generate --model "$S/stories260K.gguf" --prompt "" --max-tokens 100 --temperature 0 --ignore-eos \
+        --print-ids 2>"$T/err")
+if [ "$got" = "$expected" ]; then pass stories260K_greedy_gguf_vocab
+else fail stories260K_greedy_gguf_vocab "got [$got] want [$expected] $(cat "$T/err")"; fi
+text=$(./lora generate --model "$S/stories260K.gguf" --prompt "" --max-tokens 100 --temperature 0 2>"$T/err")
+case "$text" in
+  "$want"*) pass stories260K_greedy_text_gguf_vocab ;;
+  *) fail stories260K_greedy_text_gguf_vocab "got [$(echo "$text" | head -c 200)] want prefix [$want] $(cat "$T/err")" ;;
+esac
 exit $failed

@@ -5,7 +5,9 @@
 // float64: logits, loss, the gradient of every lora_A/lora_B, and a 5-step training run
 // (grad_accum 2, global-norm clipping that bites on some steps, HF cosine schedule with 2
 // warmup steps, torch.optim.AdamW). Variants: untied lm_head (F32 file), tied embeddings
-// (BF16 file), and rsLoRA (scale alpha/sqrt(r)).
+// (BF16 file), rsLoRA (scale alpha/sqrt(r)), and QLoRA: the model loaded with --quant nf4 and
+// trained with gradient checkpointing, against PyTorch run on the dequantized weights
+// (tests/ref_nf4.py's independent NF4) with bf16-rounded embeddings and lm_head.
 // Everything must agree to 1e-4 relative, element by element with a floor of 5% of the
 // tensor's largest magnitude: smaller entries are compared on the tensor's own scale, because
 // fp32 arithmetic (ours, and PyTorch's own fp32 path alike) leaves an absolute noise of about
@@ -107,7 +109,7 @@ static double compare_adapter(const SafeTensors *st, const LoraAdapter *lora, co
     return max_err;
 }
 
-static void run_variant(const char *root, const char *name) {
+static void run_variant(const char *root, const char *name, QuantType quant) {
     char dir[512], mdir[600], adir[600], xpath[600], label[512], worst[256];
     snprintf(dir, sizeof dir, "%s/%s", root, name);
     path_join(mdir, sizeof mdir, dir, "model");
@@ -115,12 +117,24 @@ static void run_variant(const char *root, const char *name) {
     path_join(xpath, sizeof xpath, dir, "expected.safetensors");
     Err e = {{0}};
     SafeTensors *ex = st_open(xpath, &e);
-    Model *m = ex ? model_load(mdir, &e) : NULL;
+    ModelLoadOptions lo;
+    model_load_options_default(&lo);
+    lo.quant = quant;
+    Model *m = ex ? model_load_ex(mdir, &lo, &e) : NULL;
     LoraAdapter *lora = m ? adapter_load_peft(adir, m, &e) : NULL;
     Tape *t = lora ? tape_new(&e) : NULL;
     snprintf(label, sizeof label, "ref %s: load expected, model and adapter", name);
     CHECK(label, t != NULL, "%s", e.msg);
     if (!t) goto done;
+    if (quant == QUANT_NF4) {
+        int nf4 = 0;
+        for (int l = 0; l < m->cfg.n_layers; l++)
+            for (int tg = 0; tg < LT_COUNT; tg++) nf4 += m->layers[l].w[tg].type == WT_NF4;
+        snprintf(label, sizeof label, "ref %s: %d linear weights NF4, embeddings and lm_head bf16", name, nf4);
+        CHECK(label, nf4 == m->cfg.n_layers * LT_COUNT && m->emb.type == WT_BF16 && m->lm_head.type == WT_BF16,
+              "emb %s lm_head %s", weight_type_name(m->emb.type), weight_type_name(m->lm_head.type));
+        tape_set_checkpointing(t, 1);
+    }
 
     int64_t n_ids = 0, n_tg = 0, n_tids = 0, n_ttg = 0;
     int *ids = exp_i32(ex, "ids", &n_ids), *targets = exp_i32(ex, "targets", &n_tg);
@@ -262,8 +276,9 @@ int main(void) {
     int rc = system(cmd);
     CHECK("ref_llama.py wrote the reference", rc == 0, "exit status %d", rc);
     if (rc != 0) return tu_exit();
-    run_variant(root, "untied");
-    run_variant(root, "tied");
-    run_variant(root, "rslora");
+    run_variant(root, "untied", QUANT_NONE);
+    run_variant(root, "tied", QUANT_NONE);
+    run_variant(root, "rslora", QUANT_NONE);
+    run_variant(root, "nf4", QUANT_NF4);
     return tu_exit();
 }

@@ -58,4 +58,59 @@ static inline double tu_max_rel_err(const float *a, const float *b, long n, doub
     return m;
 }
 
+// llama.cpp's tokenizer test vectors: X.gguf.inp holds the strings, each followed by
+// "\n__ggml_vocab_test__\n" (that newline is not part of the string); X.gguf.out holds one
+// line of space-separated expected ids per string (no BOS).
+typedef struct {
+    int n;              // strings
+    char **text;        // (n) NUL-terminated, pointing into inp
+    int **ids;          // (n) expected ids
+    int *n_ids;         // (n)
+    char *inp, *out;    // the files' contents
+} TuVectors;
+
+static inline void tu_vectors_free(TuVectors *v) {
+    for (int i = 0; v->ids && i < v->n; i++) free(v->ids[i]);
+    free(v->text); free(v->ids); free(v->n_ids); free(v->inp); free(v->out);
+    memset(v, 0, sizeof *v);
+}
+
+// Reads DIR/NAME.gguf.inp and .out; 0 on success, -1 when a file is missing.
+static inline int tu_vectors_read(const char *dir, const char *name, TuVectors *v) {
+    char p[2400];
+    size_t len;
+    Err e;
+    memset(v, 0, sizeof *v);
+    snprintf(p, sizeof p, "%s/%s.gguf.inp", dir, name);
+    v->inp = read_file(p, &len, &e);
+    snprintf(p, sizeof p, "%s/%s.gguf.out", dir, name);
+    v->out = read_file(p, &len, &e);
+    if (!v->inp || !v->out) { tu_vectors_free(v); return -1; }
+    const char *sep = "\n__ggml_vocab_test__\n";
+    int cap = 0;
+    for (char *p2 = strstr(v->inp, sep); p2; p2 = strstr(p2 + 1, sep)) cap++;
+    v->text = calloc((size_t)cap + 1, sizeof(char *));
+    v->ids = calloc((size_t)cap + 1, sizeof(int *));
+    v->n_ids = calloc((size_t)cap + 1, sizeof(int));
+    char *p3 = v->inp, *q = v->out;
+    while (v->n < cap) {
+        char *hit = strstr(p3, sep), *nl = strchr(q, '\n');
+        if (!hit || !nl) break;
+        *hit = 0;
+        *nl = 0;
+        int k = 0;
+        v->ids[v->n] = malloc(sizeof(int) * (strlen(q) / 2 + 2));
+        for (char *s = q, *end;; s = end) {
+            long x = strtol(s, &end, 10);
+            if (end == s) break;
+            v->ids[v->n][k++] = (int)x;
+        }
+        v->text[v->n] = p3;
+        v->n_ids[v->n++] = k;
+        p3 = hit + strlen(sep);
+        q = nl + 1;
+    }
+    return 0;
+}
+
 static inline int tu_exit(void) { return tu_failed ? 1 : 0; }

@@ -14,6 +14,8 @@ void train_config_default(TrainConfig *c) {
     c->alpha = 16.0f;
     c->dropout = 0.05f;
     c->targets = (1u << LT_COUNT) - 1;
+    c->quant = QUANT_NF4;
+    c->grad_checkpointing = 1;
     data_options_default(&c->data_opts);
     c->val_fraction = 0.1f;
     c->epochs = 1.0f;
@@ -87,6 +89,8 @@ int train_config_set(TrainConfig *c, const char *key_in, const char *v, Err *e) 
         return 0;
     }
     if (IS("rslora") || IS("use_rslora")) return parse_bool(key, v, &c->use_rslora, e);
+    if (IS("quant")) return quant_parse(v, &c->quant, e);
+    if (IS("grad_checkpointing")) return parse_bool(key, v, &c->grad_checkpointing, e);
     if (IS("format")) {
         int f = (int)data_format_parse(v, e);
         if (f < 0) return -1;
@@ -140,7 +144,10 @@ int train_config_set(TrainConfig *c, const char *key_in, const char *v, Err *e) 
     if (IS("log_every")) return parse_int(key, v, 1, 1 << 30, &c->log_every, e);
     if (IS("eval_every")) return parse_int(key, v, 0, 1 << 30, &c->eval_every, e);
     if (IS("eval_max_examples")) return parse_int(key, v, 0, 1 << 30, &c->eval_max_examples, e);
+    if (IS("eval_before")) return parse_bool(key, v, &c->eval_before, e);
     if (IS("threads")) return parse_int(key, v, 0, 1024, &c->threads, e);
+    if (IS("save_every")) return parse_int(key, v, 0, 1 << 30, &c->save_every, e);
+    if (IS("resume")) return set_path(c->resume, sizeof c->resume, key, v, e);
 #undef IS
     return err_set(e, "unknown setting \"%s\" (see `lora train --help`)", key_in);
 }
@@ -201,6 +208,10 @@ int train_config_save(const TrainConfig *c, const char *path, Err *e) {
     F("dropout", c->dropout);
     S("targets", lora_targets_str(c->targets, tg, sizeof tg));
     BOOL("use_rslora", c->use_rslora);
+    S("quant", quant_name(c->quant));
+    BOOL("grad_checkpointing", c->grad_checkpointing);
+    static const char *const FORMATS[] = {"auto", "alpaca", "completion", "messages", "text"};
+    S("format", FORMATS[c->data_opts.format]);
     S("template", template_name(c->data_opts.tpl));
     I("seq_len", c->data_opts.seq_len);
     BOOL("train_on_inputs", c->data_opts.train_on_inputs);
@@ -225,7 +236,9 @@ int train_config_save(const TrainConfig *c, const char *path, Err *e) {
     I("log_every", c->log_every);
     I("eval_every", c->eval_every);
     I("eval_max_examples", c->eval_max_examples);
+    BOOL("eval_before", c->eval_before);
     I("threads", c->threads);
+    I("save_every", c->save_every);
 #undef S
 #undef I
 #undef F

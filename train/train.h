@@ -8,6 +8,7 @@
 #include "model/model.h"
 #include "data/data.h"
 #include "optim/optim.h"
+#include "infer/infer.h"
 
 typedef struct {
     // inputs / outputs
@@ -22,6 +23,9 @@ typedef struct {
     float dropout;             // 0.05
     unsigned targets;          // default q,k,v,o,gate,up,down
     int use_rslora;            // 0
+    // frozen base and memory
+    QuantType quant;           // QUANT_NF4 (QLoRA, the default) or QUANT_NONE (`--quant`)
+    int grad_checkpointing;    // 1: each block recomputed in backward (`--grad-checkpointing`)
     // data
     DataOptions data_opts;
     float val_fraction;        // 0.1 when val_data is empty
@@ -41,7 +45,11 @@ typedef struct {
     int log_every;             // 1
     int eval_every;            // 0 = only at start and end
     int eval_max_examples;     // 0 = all
+    int eval_before;           // 0; 1: full `lora eval` table (base before step 0, adapter at the end)
     int threads;               // 0 = all cores
+    // checkpoints
+    int save_every;            // 0; N: OUT/checkpoint-STEP every N optimizer steps
+    char resume[1024];         // "" or a checkpoint directory (or OUT: its latest) to continue
 } TrainConfig;
 
 void train_config_default(TrainConfig *c);
@@ -73,3 +81,70 @@ Tokenizer *load_tokenizer_for(const char *model_path, const char *tok_path, Err 
 
 // The whole `lora train` run: load, evaluate, train, evaluate, save. 0 on success.
 int train_run(const TrainConfig *c, Err *e);
+
+// ---- checkpoints (train/checkpoint.c) -------------------------------------------------------
+// OUT/checkpoint-STEP/ holds the adapter (PEFT layout), optimizer.safetensors (the AdamW
+// moments of every parameter), trainer_state.json (below) and train_config.json. It is
+// written as OUT/checkpoint-STEP.tmp and renamed, so a checkpoint directory is always whole.
+typedef struct {
+    int64_t step;              // optimizer steps done
+    int64_t total_steps;
+    int64_t adam_t;            // AdamW steps taken
+    int epoch, pos;            // data loader position after `step` steps
+    uint64_t dropout_rng;      // the tape's RNG state (tape_rng)
+    double val_before;         // held-out loss at step 0
+    double window_loss;        // train losses summed since the last log line, and their tokens
+    long window_tokens;
+    long metrics_bytes;        // size of OUT/metrics.jsonl when the checkpoint was written
+    int n_train;               // training examples and a hash of their tokens: a resume checks
+    uint64_t data_hash;        //   that it sees the same data
+} TrainState;
+// FNV-1a over the ids and masks of every example of ds.
+uint64_t dataset_hash(const Dataset *ds);
+int checkpoint_save(const char *out, const TrainConfig *c, const TrainState *s, const LoraAdapter *a,
+                    const Model *m, const AdamW *opt, Err *e);
+// path: a checkpoint directory, or an output directory (then its latest whole checkpoint) ->
+// the checkpoint directory in dir.
+int checkpoint_find(const char *path, char *dir, size_t n, Err *e);
+// Reads checkpoint dir into s, and its adapter weights and AdamW moments into a and opt
+// (created for the same settings; every shape is checked).
+int checkpoint_load(const char *dir, const Model *m, TrainState *s, LoraAdapter *a, AdamW *opt, Err *e);
+// `lora train --resume PATH`: the settings the checkpoint was trained with (its
+// train_config.json) into c; flags given with --resume then override them.
+int train_config_load_checkpoint(TrainConfig *c, const char *path, Err *e);
+
+// ---- the `lora` command line --------------------------------------------------------------
+// Flags of the small commands: --name value pairs and boolean switches (train/cli.c).
+typedef struct {
+    const char *name;          // without the leading "--"
+    const char *value;         // NULL = absent; "1" for a switch that is present; the last given
+    int is_switch;
+} CliFlag;
+// Parses argv (all "--name [value]") into flags; an unknown flag or a missing value is an error.
+int cli_parse(int argc, char **argv, CliFlag *flags, int nflags, Err *e);
+// Every value of a repeatable flag --name, in order, into out (at most max). Returns the count.
+int cli_all(int argc, char **argv, const char *name, const char **out, int max, Err *e);
+const char *cli_get(const CliFlag *flags, int n, const char *name, const char *def);
+int cli_int(const CliFlag *flags, int n, const char *name, int def, Err *e, int *out);
+int cli_float(const CliFlag *flags, int n, const char *name, float def, Err *e, float *out);
+// Prints "lora: MESSAGE" on stderr; returns 1 (the exit status).
+int cli_fail(const Err *e);
+// Generation settings from the flags max-tokens, temperature, top-k, top-p, min-p,
+// repetition-penalty, seed, ignore-eos (switch) and every --stop of argv; the defaults for
+// max_tokens and temperature are given.
+int cli_gen_config(const CliFlag *flags, int n, int argc, char **argv, int def_max_tokens, float def_temperature,
+                   GenConfig *g, Err *e);
+// The prompt template of chat and serve: --template, else (or with "auto") the model's own
+// chat template (template_detect of --tokenizer, then of --model), else alpaca. -1 on a bad
+// name.
+int cli_template(const CliFlag *flags, int n, Err *e);
+// Loads every --adapter name=path[:scale] of argv into r. Returns the count, -1 on error.
+int cli_load_adapters(AdapterRegistry *r, int argc, char **argv, Err *e);
+
+// Subcommands, one file each: train/cmd_<name>.c.
+int cmd_generate(int argc, char **argv);
+int cmd_eval(int argc, char **argv);
+int cmd_chat(int argc, char **argv);
+int cmd_serve(int argc, char **argv);
+int cmd_merge(int argc, char **argv);    // train/cmd_merge.c
+int cmd_export(int argc, char **argv);   // train/cmd_export.c

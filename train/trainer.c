@@ -1,8 +1,10 @@
 // The training loop: steps with gradient accumulation, evaluation, logging, saving.
 #include <libgen.h>
+#include <limits.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "export/export.h"
 #include "train/train.h"
@@ -76,16 +78,32 @@ double evaluate_loss(Tape *t, const Model *m, const LoraAdapter *lora, const Dat
 Tokenizer *load_tokenizer_for(const char *model_path, const char *tok_path, Err *e) {
     if (tok_path && *tok_path) return tok_load(tok_path, e);
     char dir[1024], path[1200];
+    Err gguf_err = {{0}};
     if (is_directory(model_path)) {
         snprintf(dir, sizeof dir, "%s", model_path);
     } else {
+        // a GGUF model carries its vocabulary (tokenizer.ggml.*); else look beside the file
+        char magic[4] = "";
+        FILE *f = fopen(model_path, "rb");
+        if (f && fread(magic, 1, 4, f) == 4 && !memcmp(magic, "GGUF", 4)) {
+            fclose(f);
+            f = NULL;
+            Tokenizer *t = tok_load(model_path, &gguf_err);
+            if (t) return t;
+        }
+        if (f) fclose(f);
         char tmp[1024];
         snprintf(tmp, sizeof tmp, "%s", model_path);
         snprintf(dir, sizeof dir, "%s", dirname(tmp));
     }
-    path_join(path, sizeof path, dir, "tokenizer.model");
-    if (file_exists(path)) return tok_load(path, e);
-    err_set(e, "no tokenizer found for %s (looked for %s): pass --tokenizer FILE", model_path, path);
+    const char *names[2] = {"tokenizer.json", "tokenizer.model"};
+    for (int i = 0; i < 2; i++) {
+        path_join(path, sizeof path, dir, names[i]);
+        if (file_exists(path)) return tok_load(path, e);
+    }
+    if (gguf_err.msg[0]) err_set(e, "%s; no tokenizer.json or tokenizer.model beside it either: pass --tokenizer FILE", gguf_err.msg);
+    else err_set(e, "no tokenizer found for %s (looked for tokenizer.json and tokenizer.model in %s): pass --tokenizer FILE",
+                 model_path, dir);
     return NULL;
 }
 
@@ -131,6 +149,7 @@ typedef struct {
     Dataset *train_ds, *val_ds;  // owned (val_ds may be NULL when split)
     Dataset train_view, val_view;
     LoraAdapter *lora;
+    Tensor **params;             // the adapter's tensors, as the optimizer sees them
     AdamW *opt;
     Tape *tape;
     DataLoader *loader;
@@ -146,6 +165,7 @@ static void run_free(Run *r) {
     loader_free(r->loader);
     tape_free(r->tape);
     adamw_free(r->opt);
+    free(r->params);
     lora_free(r->lora);
     dataset_free(r->val_ds);
     dataset_free(r->train_ds);
@@ -158,8 +178,11 @@ static int run_setup(Run *r, const TrainConfig *c, Err *e) {
     if (!c->model[0]) return err_set(e, "no model: pass --model (a HF directory, .gguf or .bin)");
     if (!c->data[0]) return err_set(e, "no training data: pass --data FILE.jsonl");
     if (make_dirs(c->out, e)) return -1;
-    printf("loading model %s\n", c->model);
-    if (!(r->model = model_load(c->model, e))) return -1;
+    printf("loading model %s (quant %s)\n", c->model, quant_name(c->quant));
+    ModelLoadOptions lo;
+    model_load_options_default(&lo);
+    lo.quant = c->quant;
+    if (!(r->model = model_load_ex(c->model, &lo, e))) return -1;
     if (!(r->tok = load_tokenizer_for(c->model, c->tokenizer, e))) return -1;
     const ModelConfig *mc = &r->model->cfg;
     if (tok_vocab_size(r->tok) > mc->vocab_size)
@@ -168,6 +191,12 @@ static int run_setup(Run *r, const TrainConfig *c, Err *e) {
     printf("model: %s, dim %d, %d layers, %d heads (%d kv), ffn %d, vocab %d\n", mc->arch, mc->dim,
            mc->n_layers, mc->n_heads, mc->n_kv_heads, mc->hidden_dim, mc->vocab_size);
     DataOptions dopt = c->data_opts;
+    if (dopt.tpl == TPL_AUTO) {  // messages rows in the model's own chat template
+        dopt.chat_tpl = template_detect(c->tokenizer[0] ? c->tokenizer : c->model);
+        if (dopt.chat_tpl == TPL_AUTO && c->tokenizer[0]) dopt.chat_tpl = template_detect(c->model);
+        printf("chat template (messages data): %s\n", dopt.chat_tpl != TPL_AUTO ? template_name(dopt.chat_tpl)
+                                                     : "chatml (no known chat_template beside the model)");
+    }
     if (dopt.seq_len > mc->max_seq_len && mc->max_seq_len > 0) {
         printf("note: seq_len %d exceeds the model's context %d; using %d\n", dopt.seq_len,
                mc->max_seq_len, mc->max_seq_len);
@@ -188,7 +217,9 @@ static int run_setup(Run *r, const TrainConfig *c, Err *e) {
            c->val_data[0] ? c->val_data : "split from the training file");
     if (!(r->lora = lora_new(r->model, c->rank, c->alpha, c->targets, c->dropout, c->use_rslora, c->seed, e)))
         return -1;
-    Tensor *params[MAX_PARAMS];
+    // the optimizer keeps this list: it lives as long as the run
+    Tensor **params = r->params = xcalloc(MAX_PARAMS, sizeof(Tensor *), "parameter list", e);
+    if (!params) return -1;
     int np = lora_params(r->lora, params, MAX_PARAMS);
     long trainable = 0;
     for (int i = 0; i < np; i++) trainable += (long)params[i]->n;
@@ -198,13 +229,74 @@ static int run_setup(Run *r, const TrainConfig *c, Err *e) {
     if (!(r->opt = adamw_new(params, np, &c->adamw, e))) return -1;
     if (!(r->tape = tape_new(e))) return -1;
     tape_seed(r->tape, c->seed + 1);
+    tape_set_checkpointing(r->tape, c->grad_checkpointing);
+    MemoryPlan plan;
+    model_memory_plan(r->model, r->lora, 2, c->batch_size, dopt.seq_len, &plan);
+    model_print_memory_plan(stdout, r->model, &plan, c->batch_size, dopt.seq_len, c->grad_checkpointing);
     if (!(r->loader = loader_new(&r->train_view, c->batch_size, 1, c->seed, 0, e))) return -1;
     r->n_micro = c->grad_accum;
     if (!(r->micro = xcalloc((size_t)r->n_micro, sizeof(Batch), "micro-batches", e))) return -1;
     char path[1200];
     path_join(path, sizeof path, c->out, "metrics.jsonl");
-    r->metrics = fopen(path, "w");
+    r->metrics = fopen(path, c->resume[0] ? "a" : "w");  // a resume cuts it back (resume_run)
     if (!r->metrics) return err_set(e, "%s: cannot create", path);
+    return 0;
+}
+
+// --eval-before: the full `lora eval` metrics (loss and greedy generation) on the held-out set.
+static int eval_full(const Run *r, const TrainConfig *c, const LoraAdapter *lora, const char *name,
+                     EvalResult *out, Err *e) {
+    EvalOptions o;
+    eval_options_default(&o);
+    o.batch_size = c->batch_size;
+    o.max_examples = c->eval_max_examples;
+    return eval_model(r->model, lora, r->tok, &r->val_view, &o, name, out, e);
+}
+
+// ---- checkpoints ----------------------------------------------------------------------------
+
+// OUT/checkpoint-STEP after `step` optimizer steps (train/checkpoint.c writes it).
+static int save_checkpoint(Run *r, const TrainConfig *c, int64_t step, int64_t total, double val_before,
+                           double window_loss, long window_tokens, Err *e) {
+    fflush(r->metrics);
+    fseek(r->metrics, 0, SEEK_END);  // an append stream's position is only known after a seek
+    TrainState st = {step, total, r->opt->t, r->loader->epoch, r->loader->pos, tape_rng(r->tape)->s,
+                     val_before, window_loss, window_tokens, ftell(r->metrics), r->train_view.n,
+                     dataset_hash(&r->train_view)};
+    if (checkpoint_save(c->out, c, &st, r->lora, r->model, r->opt, e)) return -1;
+    printf("step %lld | checkpoint saved to %s/checkpoint-%lld\n", (long long)step, c->out, (long long)step);
+    return 0;
+}
+
+// --resume: the checkpoint's adapter, AdamW moments, dropout RNG and data position; the
+// metrics log cut back to where it stood, so the run goes on as if never stopped.
+static int resume_run(Run *r, const TrainConfig *c, int64_t total, TrainState *st, Err *e) {
+    char dir[1100];
+    if (checkpoint_find(c->resume, dir, sizeof dir, e) || checkpoint_load(dir, r->model, st, r->lora, r->opt, e))
+        return -1;
+    if (st->n_train != r->train_view.n || st->data_hash != dataset_hash(&r->train_view))
+        return err_set(e, "%s: the training data differs from the checkpoint's (%d examples then, %d now): resume "
+                          "with the same data and settings",
+                       dir, st->n_train, r->train_view.n);
+    if (st->step > total)
+        return err_set(e, "%s: the checkpoint is at step %lld, past this run's %lld steps", dir,
+                       (long long)st->step, (long long)total);
+    if (st->total_steps != total)
+        printf("note: the checkpoint was made for %lld steps, this run has %lld (the schedule changes)\n",
+               (long long)st->total_steps, (long long)total);
+    tape_rng(r->tape)->s = st->dropout_rng;
+    loader_seek(r->loader, st->epoch, st->pos);
+    // the checkpoint's own run: its log up to the checkpoint; another output directory: a new log
+    char ck_out[PATH_MAX], out[PATH_MAX], tmp[1100];
+    snprintf(tmp, sizeof tmp, "%s", dir);
+    int same = realpath(dirname(tmp), ck_out) && realpath(c->out, out) && !strcmp(ck_out, out);
+    long keep = same ? st->metrics_bytes : 0;
+    fflush(r->metrics);
+    if (fseek(r->metrics, 0, SEEK_END) == 0 && ftell(r->metrics) > keep && ftruncate(fileno(r->metrics), keep))
+        return err_set(e, "%s/metrics.jsonl: cannot cut back to the checkpoint", c->out);
+    fseek(r->metrics, 0, SEEK_END);
+    printf("resuming from %s at step %lld of %lld (epoch %d, example %d of %d)\n", dir, (long long)st->step,
+           (long long)total, st->epoch, st->pos, r->train_view.n);
     return 0;
 }
 
@@ -224,17 +316,25 @@ int train_run(const TrainConfig *c, Err *e) {
 
     long ntok;
     double t0 = now_seconds();
-    double val_before = evaluate_loss(r.tape, r.model, r.lora, &r.val_view, c->batch_size, c->eval_max_examples, &ntok, e);
-    if (isnan(val_before)) goto done;
-    printf("step 0 | held-out loss %.4f (ppl %.2f) over %ld tokens [%.1fs]\n", val_before, exp(val_before),
-           ntok, now_seconds() - t0);
-    log_metrics(r.metrics, "eval", 0, 0, NAN, val_before, NAN, NAN, NAN, ntok);
+    TrainState st;  // where the run starts: step 0, or a checkpoint's state with --resume
+    memset(&st, 0, sizeof st);
+    if (c->resume[0] && resume_run(&r, c, total, &st, e)) goto done;
+    double val_before = st.val_before;
+    if (!c->resume[0]) {
+        val_before = evaluate_loss(r.tape, r.model, r.lora, &r.val_view, c->batch_size, c->eval_max_examples, &ntok, e);
+        if (isnan(val_before)) goto done;
+        printf("step 0 | held-out loss %.4f (ppl %.2f) over %ld tokens [%.1fs]\n", val_before, exp(val_before),
+               ntok, now_seconds() - t0);
+        log_metrics(r.metrics, "eval", 0, 0, NAN, val_before, NAN, NAN, NAN, ntok);
+    }
+    EvalResult ev[2];  // --eval-before: the base before step 0, the adapter at the end
+    if (c->eval_before && eval_full(&r, c, NULL, "base", &ev[0], e)) goto done;
 
     double val_after = val_before;
-    double window_loss = 0;
-    long window_tokens = 0;
+    double window_loss = st.window_loss;
+    long window_tokens = st.window_tokens;
     double window_t = now_seconds();
-    for (int64_t step = 0; step < total; step++) {
+    for (int64_t step = st.step; step < total; step++) {
         long tokens = 0;
         for (int i = 0; i < r.n_micro; i++) {
             if (loader_next(r.loader, &r.micro[i], e)) goto done;
@@ -274,11 +374,19 @@ int train_run(const TrainConfig *c, Err *e) {
             printf("step %lld | held-out loss %.4f (ppl %.2f)\n", (long long)s, val_after, exp(val_after));
             log_metrics(r.metrics, "eval", s, r.loader->epoch, loss, val_after, NAN, NAN, NAN, ntok);
         }
+        if (c->save_every > 0 && s % c->save_every == 0 && s < total &&
+            save_checkpoint(&r, c, s, total, val_before, window_loss, window_tokens, e))
+            goto done;
     }
     if (adapter_save_peft(r.lora, r.model, c->out, e)) goto done;
     char path[1200];
     path_join(path, sizeof path, c->out, "train_config.json");
     if (train_config_save(c, path, e)) goto done;
+    if (c->eval_before) {
+        if (eval_full(&r, c, r.lora, "adapter", &ev[1], e)) goto done;
+        eval_print_table(stdout, ev, 2);
+        if (eval_write_json(path_join(path, sizeof path, c->out, "eval.json"), ev, 2, e)) goto done;
+    }
     printf("held-out loss: %.4f -> %.4f (ppl %.2f -> %.2f)\n", val_before, val_after, exp(val_before), exp(val_after));
     printf("adapter saved to %s (adapter_model.safetensors, adapter_config.json); %.1fs, peak RSS %.0f MiB\n",
            c->out, now_seconds() - t0, peak_rss_bytes() / 1048576.0);

@@ -1,0 +1,284 @@
+// Generation: the prompt in one forward pass into a KV cache, then one token at a time
+// (last_only), with EOS, stop strings and a token budget; text is released as soon as it can
+// no longer turn into a stop string (and, through TokStream, only in whole characters).
+#include <stdlib.h>
+#include <string.h>
+
+#include "infer/infer.h"
+
+const char *finish_reason_name(FinishReason r) { return r == FINISH_LENGTH ? "length" : "stop"; }
+
+void gen_config_default(GenConfig *g) {
+    memset(g, 0, sizeof *g);
+    g->max_tokens = 128;
+    sampler_config_default(&g->sampler);
+}
+
+void gen_add_template_stops(GenConfig *g, Template t) {
+    const char *stop = template_stop(t);
+    if (stop && g->n_stop < GEN_MAX_STOP) g->stop[g->n_stop++] = stop;
+}
+
+struct Generator {
+    const Model *m;
+    const LoraAdapter *lora;
+    const Tokenizer *tok;
+    char *stop[GEN_MAX_STOP];  // owned copies
+    int stop_id[GEN_MAX_STOP]; // the token spelled exactly as each stop string ("<|im_end|>"), or -1
+    int n_stop;
+    int ignore_eos, eos;
+    Tape *tape;
+    KVCache *kv;
+    Sampler sampler;
+    int *hist;                 // (n_prompt + max_new) prompt then generated ids
+    int n_hist, n_prompt, max_new;
+    float *logits;             // (V) of the last position, valid until the next forward
+    char *text;                // generated text
+    size_t len, cap, sent;     // sent: bytes already released
+    TokStream stream;          // ids -> text, whole characters
+    int done;
+    FinishReason finish;
+};
+
+void gen_free(Generator *g) {
+    if (!g) return;
+    for (int i = 0; i < g->n_stop; i++) free(g->stop[i]);
+    tape_free(g->tape);
+    kv_free(g->kv);
+    sampler_free(&g->sampler);
+    free(g->hist);
+    free(g->text);
+    free(g);
+}
+
+Generator *gen_new(const Model *m, const LoraAdapter *lora, const Tokenizer *tok, const int *prompt,
+                   int n_prompt, const GenConfig *cfg, Err *e) {
+    if (n_prompt < 1) {
+        err_set(e, "empty prompt and no BOS token: nothing to condition on");
+        return NULL;
+    }
+    int ctx = m->cfg.max_seq_len > 0 ? m->cfg.max_seq_len : 2048;
+    if (n_prompt >= ctx) {
+        err_set(e, "prompt has %d tokens; the model's context is %d", n_prompt, ctx);
+        return NULL;
+    }
+    for (int i = 0; i < n_prompt; i++)
+        if (prompt[i] < 0 || prompt[i] >= m->cfg.vocab_size) {
+            err_set(e, "prompt token %d is outside the model's vocabulary (%d)", prompt[i], m->cfg.vocab_size);
+            return NULL;
+        }
+    if (cfg->n_stop < 0 || cfg->n_stop > GEN_MAX_STOP) {
+        err_set(e, "at most %d stop strings", GEN_MAX_STOP);
+        return NULL;
+    }
+    Generator *g = xcalloc(1, sizeof *g, "generator", e);
+    if (!g) return NULL;
+    g->m = m;
+    g->lora = lora;
+    g->tok = tok;
+    g->ignore_eos = cfg->ignore_eos;
+    g->eos = tok_eos(tok);
+    g->max_new = cfg->max_tokens < 0 ? 0 : cfg->max_tokens;
+    if (g->max_new > ctx - n_prompt) g->max_new = ctx - n_prompt;
+    for (int i = 0; i < cfg->n_stop; i++) {
+        if (!cfg->stop[i] || !*cfg->stop[i]) continue;
+        if (!(g->stop[g->n_stop] = strdup(cfg->stop[i]))) goto oom;
+        g->stop_id[g->n_stop] = tok_piece_id(tok, cfg->stop[i]);
+        g->n_stop++;
+    }
+    g->n_prompt = g->n_hist = n_prompt;
+    if (!(g->hist = xmalloc(sizeof(int) * (size_t)(n_prompt + g->max_new + 1), "token ids", e))) goto fail;
+    memcpy(g->hist, prompt, sizeof(int) * (size_t)n_prompt);
+    g->cap = 256;
+    if (!(g->text = xmalloc(g->cap, "generated text", e))) goto fail;
+    g->text[0] = 0;
+    tok_stream_init(&g->stream);
+    g->stream.prev = prompt[n_prompt - 1];  // the text continues the prompt's
+    if (sampler_init(&g->sampler, &cfg->sampler, m->cfg.vocab_size, e)) goto fail;
+    if (!(g->kv = kv_new(&m->cfg, n_prompt + g->max_new, e)) || !(g->tape = tape_new(e))) goto fail;
+    tape_set_recording(g->tape, 0);
+    tape_set_training(g->tape, 0);
+    if (g->max_new == 0) {
+        g->done = 1;
+        g->finish = FINISH_LENGTH;
+        return g;
+    }
+    g->logits = model_forward(g->tape, m, lora, prompt, 1, n_prompt, g->kv, 1)->data;
+    return g;
+oom:
+    err_set(e, "out of memory");
+fail:
+    gen_free(g);
+    return NULL;
+}
+
+// Bytes at the end of text[0..len) to hold back: a proper prefix of a stop string (the
+// stream gives whole characters only).
+static size_t holdback(const Generator *g) {
+    size_t h = 0;
+    for (int i = 0; i < g->n_stop; i++) {
+        size_t sl = strlen(g->stop[i]);
+        for (size_t k = sl - 1; k > h; k--)
+            if (k <= g->len && !memcmp(g->text + g->len - k, g->stop[i], k)) {
+                h = k;
+                break;
+            }
+    }
+    return h;
+}
+
+static int text_append(Generator *g, const char *s, Err *e) {
+    size_t n = strlen(s);
+    if (g->len + n + 1 > g->cap) {
+        size_t cap = (g->len + n + 1) * 2;
+        char *p = realloc(g->text, cap);
+        if (!p) return err_set(e, "out of memory (generated text)");
+        g->text = p;
+        g->cap = cap;
+    }
+    memcpy(g->text + g->len, s, n + 1);
+    g->len += n;
+    return 0;
+}
+
+// Ends the generation: releases everything not yet released (with the end of an unfinished
+// character when the generation stopped at EOS or the length limit).
+static int finish(Generator *g, FinishReason why, const char **text, size_t *len, Err *e) {
+    char tail[16];
+    if (why != FINISH_STOP && text_append(g, tok_stream_flush(&g->stream, tail, sizeof tail), e)) return -1;
+    g->done = 1;
+    g->finish = why;
+    *text = g->text + g->sent;
+    *len = g->len - g->sent;
+    g->sent = g->len;
+    return 0;
+}
+
+int gen_next(Generator *g, const char **text, size_t *len, Err *e) {
+    *text = g->text + g->len;
+    *len = 0;
+    if (g->done) return 0;
+    int next = sampler_next(&g->sampler, g->logits, g->hist, g->n_hist);
+    if (next == g->eos && !g->ignore_eos) return finish(g, FINISH_EOS, text, len, e);
+    for (int i = 0; i < g->n_stop; i++)  // a special token that decodes to no text, say
+        if (next == g->stop_id[i]) return finish(g, FINISH_STOP, text, len, e);
+    g->hist[g->n_hist++] = next;
+    char piece[1100];
+    size_t before = g->len;
+    if (text_append(g, tok_stream_next(g->tok, &g->stream, next, piece, sizeof piece), e)) return -1;
+    // a stop string completed by this piece (it may have started in earlier text)
+    size_t best = (size_t)-1;
+    for (int i = 0; i < g->n_stop; i++) {
+        size_t sl = strlen(g->stop[i]);
+        size_t from = before + 1 > sl ? before + 1 - sl : 0;
+        char *hit = strstr(g->text + from, g->stop[i]);
+        if (hit && (size_t)(hit - g->text) < best) best = (size_t)(hit - g->text);
+    }
+    if (best != (size_t)-1) {
+        if (best < g->sent) best = g->sent;  // never take back released text
+        g->len = best;
+        g->text[best] = 0;
+        return finish(g, FINISH_STOP, text, len, e);
+    }
+    if (g->n_hist - g->n_prompt >= g->max_new) return finish(g, FINISH_LENGTH, text, len, e);
+    tape_reset(g->tape);
+    g->logits = model_forward(g->tape, g->m, g->lora, &next, 1, 1, g->kv, 1)->data;
+    size_t keep = holdback(g);
+    size_t upto = g->len - keep > g->sent ? g->len - keep : g->sent;
+    *text = g->text + g->sent;
+    *len = upto - g->sent;
+    g->sent = upto;
+    return 1;
+}
+
+const int *gen_ids(const Generator *g, int *n) {
+    *n = g->n_hist - g->n_prompt;
+    return g->hist + g->n_prompt;
+}
+
+const char *gen_text(const Generator *g, size_t *len) {
+    if (len) *len = g->len;
+    return g->text;
+}
+
+FinishReason gen_finish(const Generator *g) { return g->finish; }
+
+void gen_result_free(GenResult *r) {
+    free(r->ids);
+    free(r->text);
+    memset(r, 0, sizeof *r);
+}
+
+int generate(const Model *m, const LoraAdapter *lora, const Tokenizer *tok, const int *prompt,
+             int n_prompt, const GenConfig *cfg, GenEmit emit, void *user, GenResult *out, Err *e) {
+    memset(out, 0, sizeof *out);
+    Generator *g = gen_new(m, lora, tok, prompt, n_prompt, cfg, e);
+    if (!g) return -1;
+    int rc;
+    for (;;) {
+        const char *piece;
+        size_t n;
+        rc = gen_next(g, &piece, &n, e);
+        if (rc < 0) break;
+        if (emit && n && emit(user, piece, n)) rc = 0;  // the caller stops here
+        if (rc == 0) break;
+    }
+    if (rc == 0) {
+        int nid;
+        const int *ids = gen_ids(g, &nid);
+        size_t len;
+        const char *text = gen_text(g, &len);
+        out->ids = malloc(sizeof(int) * (size_t)(nid + 1));
+        out->text = malloc(len + 1);
+        if (!out->ids || !out->text) {
+            gen_result_free(out);
+            rc = err_set(e, "out of memory");
+        } else {
+            memcpy(out->ids, ids, sizeof(int) * (size_t)nid);
+            out->n = nid;
+            memcpy(out->text, text, len + 1);
+            out->len = len;
+            out->finish = gen_finish(g);
+        }
+    }
+    gen_free(g);
+    return rc;
+}
+
+// body (nb) ids (taken) -> *ids: BOS (when add_bos and the tokenizer has one) then body.
+static int with_bos(const Tokenizer *tok, int *body, int nb, int add_bos, int **ids, Err *e) {
+    int bos = add_bos ? tok_bos(tok) : -1;
+    int total = nb + (bos >= 0);
+    int *out = xmalloc(sizeof(int) * (size_t)(total + 1), "prompt ids", e);
+    if (out) {
+        if (bos >= 0) out[0] = bos;
+        memcpy(out + (bos >= 0), body, sizeof(int) * (size_t)nb);
+    }
+    free(body);
+    if (!out) return -1;
+    *ids = out;
+    return total;
+}
+
+int prompt_ids_chat(const Tokenizer *tok, Template t, const ChatMsg *msgs, int n, int add_bos, int **ids,
+                    Err *e) {
+    int *body = NULL;
+    uint8_t *mask = NULL;
+    *ids = NULL;
+    int nb = template_encode(t, tok, msgs, n, NULL, &body, &mask, e);
+    free(mask);
+    if (nb < 0) return -1;
+    return with_bos(tok, body, nb, add_bos, ids, e);
+}
+
+int prompt_ids_text(const Tokenizer *tok, Template t, const char *text, int add_bos, int **ids, Err *e) {
+    *ids = NULL;
+    if (t != TPL_RAW) {  // one user message, laid out as training lays it out
+        ChatMsg m = {"user", text ? text : ""};
+        return prompt_ids_chat(tok, t == TPL_AUTO ? TPL_ALPACA : t, &m, 1, add_bos, ids, e);
+    }
+    int *body = NULL;
+    int nb = tok_encode(tok, text ? text : "", &body, e);
+    if (nb < 0) return -1;
+    return with_bos(tok, body, nb, add_bos, ids, e);
+}
