@@ -43,6 +43,15 @@ $(BUILD)/tests/%: tests/%.c $(BUILD)/liblora.a $(HEADERS)
 
 tests: lora $(TESTBIN)
 
+# `make bench`: lora.c's LoRA/QLoRA step and NF4 decode against PyTorch (bench/bench.sh);
+# prints a table, never asserts. BENCH_QUICK=1 runs the small shape only.
+$(BUILD)/bench/bench_step: bench/bench_step.c $(BUILD)/liblora.a $(HEADERS)
+	@mkdir -p $(BUILD)/bench
+	$(CC) $(CFLAGS) $< $(BUILD)/liblora.a -o $@ $(LDLIBS)
+
+bench: $(BUILD)/bench/bench_step
+	@BUILD=$(BUILD) bash bench/bench.sh
+
 deps:
 	@bash scripts/install-deps.sh
 

@@ -98,7 +98,8 @@ typedef Tensor *(*CheckpointFn)(Tape *t, Tensor *x, void *ctx);
 // sub-tape an intermediate's gradient buffer is recycled as soon as the node that produced
 // it has run its backward; likewise out's gradient after the checkpoint's backward (it must
 // not be read afterwards). ctx must stay valid until backward (tape_alloc it on t); fn must
-// not keep pointers into the sub-tape.
+// not keep pointers into the sub-tape, and apart from x the only tensors it uses that need a
+// gradient must be parameters (tensor_new_param: their gradients live outside any arena).
 Tensor *op_checkpoint(Tape *t, Tensor *x, CheckpointFn fn, void *ctx, int has_params);
 // Whether model code runs its blocks under op_checkpoint while recording (default off; with
 // recording off blocks always run on the sub-tape).
@@ -114,7 +115,7 @@ Tensor *tape_view(Tape *t, float *data, int ndim, const int64_t *shape);
 
 // Matmuls against a frozen Weight (op_linear uses them): every storage type is converted to
 // fp32 in tiles of at most ~16 MiB in tape scratch, never as a whole matrix. For a few rows of
-// x (decoding: N <= 8 for NF4, N <= 4 for BF16) fused dequantize-and-dot kernels stream the
+// x (decoding: N <= 8 for NF4, N == 1 for BF16) fused dequantize-and-dot kernels stream the
 // weights once instead.
 // x (N,C), w (OC,C) -> out (N,OC)        out = x wᵀ
 void weight_matmul_xwt(Tape *t, const Weight *w, const float *x, int64_t N, float *out);

@@ -89,7 +89,7 @@ Tensor *op_embedding_weight(Tape *t, const Weight *table, const int *ids, int64_
 // ---- frozen weight access ---------------------------------------------------------------
 
 #define WTILE_FLOATS ((int64_t)1 << 20)  // a converted BF16 tile: about 4 MiB of floats
-#define BF16_GEMV_MAX_N 4                 // up to this many rows of x: the fused BF16 kernel
+#define BF16_GEMV_MAX_N 1                 // up to this many rows of x: the fused BF16 kernel
 
 // Rows per tile when a weight must be converted to fp32.
 static int64_t weight_tile_rows(const Weight *w, int64_t max_floats) {
@@ -119,8 +119,8 @@ static const float *weight_rows(Tape *t, const Weight *w, int64_t r0, int64_t nr
     return dst;
 }
 
-// x (N,C), w (OC,C) bf16 -> out (N,OC), N <= BF16_GEMV_MAX_N: each row of w is read once
-// and converted in registers (decoding through a bf16 lm_head).
+// x (N,C), w (OC,C) bf16 -> out (N,OC), N <= BF16_GEMV_MAX_N: each row of w is read once and
+// converted in registers (decoding through a bf16 lm_head).
 static void bf16_gemv(float *out, const float *x, const uint16_t *w, int64_t N, int64_t OC, int64_t C) {
 #pragma omp parallel for schedule(static) if (OC * C >= 32768)
     for (int64_t r = 0; r < OC; r++) {
@@ -766,8 +766,10 @@ Tensor *op_cross_entropy(Tape *t, Tensor *logits, const int *targets, float norm
 }
 
 // ---- fused linear + cross-entropy ------------------------------------------------------------
-// Only the K rows with a target take part. The vocabulary is processed in tiles of nv rows
-// of w: logits L (K,nv) = xk Wtᵀ live in tape scratch, never the whole (N,V).
+// Only the K rows with a target take part, in chunks of at most LCE_ROWS rows (xk, their copy,
+// and dxk, their gradient, live in tape scratch). The vocabulary is processed in tiles of nv
+// rows of w: logits L (Kc,nv) = xk Wtᵀ in tape scratch, never the whole (N,V).
+#define LCE_ROWS 2048
 
 // Vocabulary rows per tile: at most ~16 MiB of logits and of converted weights.
 static int64_t lce_tile(const Weight *w, int64_t K) {
@@ -851,16 +853,20 @@ static void lce_node_backward(Tape *t, const Node *n) {
     if (!dx) return;
     int64_t K = n->d[0], C = n->d[1];
     const int *rows = n->saved[0], *tk = rows + K;
-    float *xk = tape_scratch(t, SCR_A, (size_t)(K * C)), *dxk = tape_scratch(t, SCR_C, (size_t)(K * C));
-    gather_rows(xk, x->data, rows, K, C);
-    memset(dxk, 0, (size_t)(K * C) * sizeof(float));
-    lce_backward(t, dxk, n->out->grad[0] / n->f[0], xk, n->w, tk, n->saved[1], K, C);
-    // kept rows are distinct: no two threads touch the same row of dx
+    const float *lse = n->saved[1];
+    for (int64_t c0 = 0; c0 < K; c0 += LCE_ROWS) {
+        int64_t Kc = K - c0 < LCE_ROWS ? K - c0 : LCE_ROWS;
+        float *xk = tape_scratch(t, SCR_A, (size_t)(Kc * C)), *dxk = tape_scratch(t, SCR_C, (size_t)(Kc * C));
+        gather_rows(xk, x->data, rows + c0, Kc, C);
+        memset(dxk, 0, (size_t)(Kc * C) * sizeof(float));
+        lce_backward(t, dxk, n->out->grad[0] / n->f[0], xk, n->w, tk + c0, lse + c0, Kc, C);
+        // kept rows are distinct: no two threads touch the same row of dx
 #pragma omp parallel for schedule(static)
-    for (int64_t i = 0; i < K; i++) {
-        float *d = dx + (int64_t)rows[i] * C;
-        const float *s = dxk + i * C;
-        for (int64_t c = 0; c < C; c++) d[c] += s[c];
+        for (int64_t i = 0; i < Kc; i++) {
+            float *d = dx + (int64_t)rows[c0 + i] * C;
+            const float *s = dxk + i * C;
+            for (int64_t c = 0; c < C; c++) d[c] += s[c];
+        }
     }
 }
 
@@ -887,9 +893,12 @@ Tensor *op_linear_cross_entropy(Tape *t, Tensor *x, const Weight *w, const int *
         return out;
     }
     float *lse = tape_alloc(t, (size_t)K * sizeof(float)), *tl = tape_alloc(t, (size_t)K * sizeof(float));
-    float *xk = tape_scratch(t, SCR_A, (size_t)(K * C));
-    gather_rows(xk, x->data, rows, K, C);
-    lce_forward(t, lse, tl, xk, w, tk, K, C);
+    for (int64_t c0 = 0; c0 < K; c0 += LCE_ROWS) {
+        int64_t Kc = K - c0 < LCE_ROWS ? K - c0 : LCE_ROWS;
+        float *xk = tape_scratch(t, SCR_A, (size_t)(Kc * C));
+        gather_rows(xk, x->data, rows + c0, Kc, C);
+        lce_forward(t, lse + c0, tl + c0, xk, w, tk + c0, Kc, C);
+    }
     double total = 0.0;  // summed in row order: the same result whatever the thread count
     for (int64_t i = 0; i < K; i++) total += lse[i] - tl[i];
     out->data[0] = (float)(total / norm);

@@ -12,16 +12,30 @@
 
 #define PEFT_PREFIX "base_model.model.model.layers."
 
+// The PEFT modules of m's architecture, in file order, and the first LoraTarget of each.
+static const char *const MODULES[] = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"};
+static const LoraTarget MODULE_T[] = {LT_Q, LT_K, LT_V, LT_O, LT_GATE, LT_UP, LT_DOWN};
+static const char *const FUSED_MODULES[] = {"qkv_proj", "o_proj", "gate_up_proj", "down_proj"};
+static const LoraTarget FUSED_T[] = {LT_Q, LT_O, LT_GATE, LT_DOWN};
+static int modules_of(int fused, const char *const **names, const LoraTarget **first) {
+    *names = fused ? FUSED_MODULES : MODULES;
+    *first = fused ? FUSED_T : MODULE_T;
+    return fused ? 4 : 7;
+}
+
 // "base_model.model.model.layers.3.self_attn.q_proj.lora_A" + suffix
-static void peft_key(char *buf, size_t n, int layer, LoraTarget t, char ab, const char *suffix) {
-    snprintf(buf, n, PEFT_PREFIX "%d.%s.%s.lora_%c%s", layer, t <= LT_O ? "self_attn" : "mlp",
-             lora_target_name(t), ab, suffix);
+static void peft_key(char *buf, size_t n, int layer, const char *module, char ab, const char *suffix) {
+    snprintf(buf, n, PEFT_PREFIX "%d.%s.%s.lora_%c%s", layer,
+             strchr("qkvo", module[0]) ? "self_attn" : "mlp", module, ab, suffix);
 }
 
 static json_object *adapter_config(const LoraAdapter *a) {
     json_object *j = json_object_new_object(), *tm = json_object_new_array();
-    for (int t = 0; t < LT_COUNT; t++)
-        if (a->targets & (1u << t)) json_object_array_add(tm, json_object_new_string(lora_target_name((LoraTarget)t)));
+    const char *const *mods;
+    const LoraTarget *first;
+    int nm = modules_of(a->fused_B != NULL, &mods, &first);
+    for (int i = 0; i < nm; i++)
+        if (a->targets & (1u << first[i])) json_object_array_add(tm, json_object_new_string(mods[i]));
     json_object_object_add(j, "peft_type", json_object_new_string("LORA"));
     json_object_object_add(j, "task_type", json_object_new_string("CAUSAL_LM"));
     json_object_object_add(j, "base_model_name_or_path", json_object_new_string(a->base_model));
@@ -52,14 +66,17 @@ int adapter_save_peft(const LoraAdapter *a, const Model *m, const char *dir, Err
     StWriter *w = stw_new(e);
     if (!w) return -1;
     int rc = stw_add_metadata(w, "format", "pt", e);
+    const char *const *mods;
+    const LoraTarget *first;
+    int nm = modules_of(a->fused_B != NULL, &mods, &first);
     for (int l = 0; l < a->n_layers && !rc; l++)
-        for (int t = 0; t < LT_COUNT && !rc; t++) {
-            const Tensor *A = a->A[l * LT_COUNT + t], *B = a->B[l * LT_COUNT + t];
+        for (int i = 0; i < nm && !rc; i++) {
+            const Tensor *A = lora_module_tensor(a, l, mods[i], 'A'), *B = lora_module_tensor(a, l, mods[i], 'B');
             if (!A) continue;
             char key[200];
-            peft_key(key, sizeof key, l, (LoraTarget)t, 'A', ".weight");
+            peft_key(key, sizeof key, l, mods[i], 'A', ".weight");
             rc = stw_add_f32(w, key, ST_F32, A->ndim, A->shape, A->data, e);
-            peft_key(key, sizeof key, l, (LoraTarget)t, 'B', ".weight");
+            peft_key(key, sizeof key, l, mods[i], 'B', ".weight");
             if (!rc) rc = stw_add_f32(w, key, ST_F32, B->ndim, B->shape, B->data, e);
         }
     char path[1100];
@@ -98,14 +115,16 @@ static int parse_target_modules(json_object *j, const char *file, unsigned *mask
         return err_set(e, "%s: \"target_modules\" must be a list of module names", file);
     for (size_t i = 0; i < json_object_array_length(tm); i++) {
         const char *s = json_object_get_string(json_object_array_get_idx(tm, i));
-        int found = -1;
+        unsigned found = 0;
         for (int t = 0; t < LT_COUNT && s; t++)
-            if (!strcmp(s, lora_target_name((LoraTarget)t))) found = t;
-        if (found < 0)
+            if (!strcmp(s, lora_target_name((LoraTarget)t))) found = 1u << t;
+        if (s && !strcmp(s, "qkv_proj")) found = (1u << LT_Q) | (1u << LT_K) | (1u << LT_V);
+        if (s && !strcmp(s, "gate_up_proj")) found = (1u << LT_GATE) | (1u << LT_UP);
+        if (!found)
             return err_set(e, "%s: target module \"%s\" is not supported (q_proj, k_proj, v_proj, "
-                              "o_proj, gate_proj, up_proj, down_proj)",
+                              "o_proj, gate_proj, up_proj, down_proj; Phi-3: qkv_proj, gate_up_proj)",
                            file, s ? s : "?");
-        *mask |= 1u << found;
+        *mask |= found;
     }
     return 0;
 }
@@ -154,33 +173,27 @@ static int read_config(LoraAdapter *a, const char *file, unsigned *listed, Err *
 }
 
 // The key as saved, or with PEFT's adapter name still in it (".lora_A.default.weight").
-static const char *find_key(const SafeTensors *st, char *buf, size_t n, int l, LoraTarget t, char ab) {
-    peft_key(buf, n, l, t, ab, ".weight");
+static const char *find_key(const SafeTensors *st, char *buf, size_t n, int l, const char *module, char ab) {
+    peft_key(buf, n, l, module, ab, ".weight");
     if (st_find(st, buf)) return buf;
-    peft_key(buf, n, l, t, ab, ".default.weight");
+    peft_key(buf, n, l, module, ab, ".default.weight");
     return st_find(st, buf) ? buf : NULL;
 }
 
-// One target's A and B, checked against the model's weight shape.
-static int load_pair(LoraAdapter *a, const SafeTensors *st, const Model *m, int l, LoraTarget t,
-                     const char *file, int *used, Err *e) {
+// One module's A and B (first target t), checked against the model's weight shapes.
+static int load_pair(LoraAdapter *a, const SafeTensors *st, const Model *m, int l, const char *module,
+                     LoraTarget t, const char *file, int *used, Err *e) {
     char ka[200], kb[200];
-    const char *has_a = find_key(st, ka, sizeof ka, l, t, 'A');
-    const char *has_b = find_key(st, kb, sizeof kb, l, t, 'B');
+    const char *has_a = find_key(st, ka, sizeof ka, l, module, 'A');
+    const char *has_b = find_key(st, kb, sizeof kb, l, module, 'B');
     if (!has_a && !has_b) return 0;
     if (!has_a || !has_b)
         return err_set(e, "%s: %s has no matching %s", file, has_a ? ka : kb,
                        has_a ? "lora_B" : "lora_A");
-    const Weight *w = &m->layers[l].w[t];
-    int64_t sa[2] = {a->rank, w->cols}, sb[2] = {w->rows, a->rank};
-    Tensor *A = tensor_new_param(2, sa, 1, lora_target_name(t), e);
-    Tensor *B = tensor_new_param(2, sb, 1, lora_target_name(t), e);
-    a->A[l * LT_COUNT + t] = A;
-    a->B[l * LT_COUNT + t] = B;
-    if (!A || !B) return -1;
-    if (st_read_f32(st, ka, A->data, 2, sa, e) || st_read_f32(st, kb, B->data, 2, sb, e))
+    if (lora_alloc_target(a, m, l, t, e)) return -1;
+    Tensor *A = lora_module_tensor(a, l, module, 'A'), *B = lora_module_tensor(a, l, module, 'B');
+    if (st_read_f32(st, ka, A->data, 2, A->shape, e) || st_read_f32(st, kb, B->data, 2, B->shape, e))
         return -1;
-    a->targets |= 1u << t;
     *used += 2;
     return 0;
 }
@@ -197,37 +210,38 @@ LoraAdapter *adapter_load_peft(const char *dir, const Model *m, Err *e) {
             err_set(e, "%s: no adapter_model.safetensors", dir);
         return NULL;
     }
-    LoraAdapter *a = xcalloc(1, sizeof *a, "LoRA adapter", e);
+    LoraAdapter *a = lora_alloc(m, 1, e);
     if (!a) return NULL;
-    a->n_layers = m->cfg.n_layers;
-    size_t slots = (size_t)m->cfg.n_layers * LT_COUNT;
-    a->A = xcalloc(slots, sizeof(Tensor *), "LoRA A list", e);
-    a->B = xcalloc(slots, sizeof(Tensor *), "LoRA B list", e);
+    a->base_model[0] = 0;
     unsigned listed = 0;
     SafeTensors *st = NULL;
-    int rc = (!a->A || !a->B) ? -1 : read_config(a, cfg_path, &listed, e);
+    int rc = read_config(a, cfg_path, &listed, e);
     if (!rc && !(st = st_open(st_path, e))) rc = -1;
     int used = 0;
+    const char *const *mods;
+    const LoraTarget *first;
+    int nm = modules_of(m->cfg.fused_proj, &mods, &first);
     for (int l = 0; l < m->cfg.n_layers && !rc; l++)
-        for (int t = 0; t < LT_COUNT && !rc; t++)
-            rc = load_pair(a, st, m, l, (LoraTarget)t, st_path, &used, e);
+        for (int i = 0; i < nm && !rc; i++)
+            rc = load_pair(a, st, m, l, mods[i], first[i], st_path, &used, e);
     if (!rc && used != st_count(st)) {
         // name the first tensor we did not take
         for (int i = 0; i < st_count(st) && !rc; i++) {
             const char *k = st_at(st, i)->name;
-            int l = -1, pos = 0, t = -1;
+            int l = -1, pos = 0, found = 0;
             char mod[64] = "";
             if (sscanf(k, PEFT_PREFIX "%d.%n", &l, &pos) == 1 && l >= 0 && l < m->cfg.n_layers) {
-                for (int tt = 0; tt < LT_COUNT; tt++) {
-                    snprintf(mod, sizeof mod, "%s.%s.lora_", tt <= LT_O ? "self_attn" : "mlp",
-                             lora_target_name((LoraTarget)tt));
-                    if (!strncmp(k + pos, mod, strlen(mod))) t = tt;
+                for (int mi = 0; mi < nm; mi++) {
+                    snprintf(mod, sizeof mod, "%s.%s.lora_", strchr("qkvo", mods[mi][0]) ? "self_attn" : "mlp",
+                             mods[mi]);
+                    if (!strncmp(k + pos, mod, strlen(mod)) && lora_module_tensor(a, l, mods[mi], 'A')) found = 1;
                 }
             }
-            if (t < 0 || !a->A[l * LT_COUNT + t])
-                rc = err_set(e, "%s: unexpected tensor %s (not a LoRA A/B of a q/k/v/o/gate/up/down "
-                                "projection of this %d-layer model)",
-                             st_path, k, m->cfg.n_layers);
+            if (!found)
+                rc = err_set(e, "%s: unexpected tensor %s (not a LoRA A/B of a %s projection of this "
+                                "%d-layer %s model)",
+                             st_path, k, m->cfg.fused_proj ? "qkv/o/gate_up/down" : "q/k/v/o/gate/up/down",
+                             m->cfg.n_layers, m->cfg.arch);
         }
         if (!rc) rc = err_set(e, "%s: duplicate LoRA tensors", st_path);
     }

@@ -33,3 +33,22 @@ void enc_free(EncList *l);
 // (1 = packed), to path atomically.
 int enc_save(const char *path, const void *header, size_t header_len, const EncList *l,
              size_t align, Err *e);
+
+// load.c: a model with config c and its rotary frequencies, no weights yet (config checked);
+// the (rows, cols) of base weight t.
+Model *model_alloc(const ModelConfig *c, const char *source, Err *e);
+void model_weight_dims(const ModelConfig *c, LoraTarget t, int64_t *rows, int64_t *cols);
+// nf4_cache.c: the quantized-base cache of an NF4 model loaded from src. Reading returns NULL
+// when the cache is absent, of another source or damaged; writing is atomic.
+Model *model_cache_read(const char *cache, const char *src, Err *e);
+int model_cache_write(const Model *m, const char *cache, const char *src, Err *e);
+// arch.c: the architecture (llama, mistral, qwen2, phi3, gemma) of a HF config.json object j
+// and its variant members (activation, biases, sliding window, rope_scaling), into c; the
+// same from GGUF metadata (general.architecture; also c->file_rope); rotary frequencies
+// inv_freq (head_dim / 2) with c's rope scaling; the architecture members of a config.json.
+int arch_config_hf(struct json_object *j, const char *file, ModelConfig *c, Err *e);
+int arch_config_gguf(const Gguf *g, const char *path, ModelConfig *c, Err *e);
+void arch_inv_freq(const ModelConfig *c, float *out);
+// Derived members once the shape is known (Gemma's embedding scale sqrt(dim)).
+void arch_finish(ModelConfig *c);
+void arch_config_to_hf(const ModelConfig *c, struct json_object *j);

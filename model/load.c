@@ -95,7 +95,10 @@ void model_free(Model *m) {
         for (int l = 0; l < m->cfg.n_layers; l++) {
             free_wrapped(m->layers[l].attn_norm);
             free_wrapped(m->layers[l].ffn_norm);
-            for (int t = 0; t < LT_COUNT; t++) weight_free(&m->layers[l].w[t]);
+            for (int t = 0; t < LT_COUNT; t++) {
+                weight_free(&m->layers[l].w[t]);
+                free_wrapped(m->layers[l].bias[t]);
+            }
         }
         free(m->layers);
     }
@@ -108,7 +111,7 @@ void model_free(Model *m) {
 }
 
 // A model with config c and inv_freq, no weights yet.
-static Model *model_alloc(const ModelConfig *c, const char *source, Err *e) {
+Model *model_alloc(const ModelConfig *c, const char *source, Err *e) {
     if (config_check(c, source, e)) return NULL;
     Model *m = xcalloc(1, sizeof *m, "model", e);
     if (!m) return NULL;
@@ -127,7 +130,7 @@ static Model *model_alloc(const ModelConfig *c, const char *source, Err *e) {
 }
 
 // (rows, cols) of base weight t: q (H*D,C) k,v (KVH*D,C) o (C,H*D) gate,up (F,C) down (C,F)
-static void weight_dims(const ModelConfig *c, LoraTarget t, int64_t *rows, int64_t *cols) {
+void model_weight_dims(const ModelConfig *c, LoraTarget t, int64_t *rows, int64_t *cols) {
     int64_t C = c->dim, F = c->hidden_dim, QD = (int64_t)c->n_heads * c->head_dim,
             KD = (int64_t)c->n_kv_heads * c->head_dim;
     switch (t) {
@@ -286,7 +289,7 @@ static int model_fill(Model *m, ReadFn rd, void *ctx, QuantType quant, Err *e) {
         if (!L->ffn_norm) return read_missing(absent, src, "MLP norm", e);
         for (int t = 0; t < LT_COUNT; t++) {
             int64_t rows, cols;
-            weight_dims(c, (LoraTarget)t, &rows, &cols);
+            model_weight_dims(c, (LoraTarget)t, &rows, &cols);
             float *w = read_new(rd, ctx, R_WEIGHT, l, (LoraTarget)t, rows, cols, &absent, e);
             if (!w) {
                 if (!absent) return -1;
@@ -820,8 +823,28 @@ Model *model_load_quant(const char *path, const char *quant, Err *e) {
     return model_load_ex(path, &o, e);
 }
 
+static Model *load_source(const char *path, QuantType q, Err *e);
+
 Model *model_load_ex(const char *path, const ModelLoadOptions *o, Err *e) {
     QuantType q = o ? o->quant : QUANT_NONE;
+    const char *cache = o && q == QUANT_NF4 && o->quant_cache && *o->quant_cache ? o->quant_cache : NULL;
+    if (cache) {
+        Model *m = model_cache_read(cache, path, NULL);
+        if (m) return m;
+    }
+    Model *m = load_source(path, q, e);
+    if (m && cache && model_cache_write(m, cache, path, e)) {
+        char msg[ERR_LEN];
+        snprintf(msg, sizeof msg, "%s", e->msg);
+        err_set(e, "--quant-cache: %s", msg);
+        model_free(m);
+        return NULL;
+    }
+    return m;
+}
+
+// One of the three formats, by what path is.
+static Model *load_source(const char *path, QuantType q, Err *e) {
     if (is_directory(path)) return load_hf(path, q, e);
     if (!file_exists(path)) {
         err_set(e, "%s: no such file or directory", path);
@@ -962,7 +985,7 @@ int model_write_random(const ModelConfig *cfg, uint64_t seed, float std, const c
         }
         for (int t = 0; t < LT_COUNT && !rc; t++) {
             int64_t rows, cols;
-            weight_dims(c, (LoraTarget)t, &rows, &cols);
+            model_weight_dims(c, (LoraTarget)t, &rows, &cols);
             float *w = xmalloc_aligned((size_t)(rows * cols) * sizeof(float), "weight", e);
             if (!w) {
                 rc = -1;

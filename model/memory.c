@@ -44,10 +44,13 @@ void model_memory_plan(const Model *m, const LoraAdapter *lora, int optimizer_mo
     p->embedding = weight_bytes(&m->emb);
     p->lm_head = c->tied_embeddings ? 0 : weight_bytes(&m->lm_head);
     p->norms = (size_t)(2 * c->n_layers + 1) * (size_t)c->dim * F4;
-    if (lora)
-        for (int i = 0; i < lora->n_layers * LT_COUNT; i++) {
-            if (lora->A[i]) p->adapter_params += (long)(lora->A[i]->n + lora->B[i]->n);
-        }
+    if (lora) {  // every trainable tensor once (fused models share some)
+        int cap = 2 * lora->n_layers * LT_COUNT;
+        Tensor **ps = malloc((size_t)cap * sizeof *ps);
+        int np = ps ? lora_params(lora, ps, cap) : 0;
+        for (int i = 0; i < np; i++) p->adapter_params += (long)ps[i]->n;
+        free(ps);
+    }
     p->adapter = (size_t)p->adapter_params * F4;
     p->adapter_grads = p->adapter;
     p->optimizer = (size_t)optimizer_moments * p->adapter;
@@ -58,9 +61,10 @@ void model_memory_plan(const Model *m, const LoraAdapter *lora, int optimizer_mo
     // scratch shared by every op: attention (P and dS per thread, per-head dK/dV for GQA),
     // weight tiles, the fused cross-entropy (kept rows, their gradient, a logits tile)
     size_t scratch = (size_t)nt * 2 * (size_t)(T * T) + (G > 1 ? 2 * (size_t)(B * H * T * D) : 0) + wtile;
-    int64_t tv = ((int64_t)1 << 22) / (N > C ? N : C);
+    int64_t K = N < 2048 ? N : 2048;  // rows per chunk of the fused cross-entropy
+    int64_t tv = ((int64_t)1 << 22) / (K > C ? K : C);
     tv = tv < 16 ? 16 : tv > V ? V : tv;
-    scratch += 2 * (size_t)(N * C) + (size_t)(N * tv) + (m->lm_head.type != WT_F32 ? (size_t)(tv * C) : 0);
+    scratch += 2 * (size_t)(K * C) + (size_t)(K * tv) + (m->lm_head.type != WT_F32 ? (size_t)(tv * C) : 0);
     scratch += 2 * (size_t)(N * C);  // LoRA dropout: x masked and its gradient
     // outside the blocks: embeddings out, final norm out and their gradients
     size_t outside = 4 * (size_t)(N * C);

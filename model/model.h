@@ -14,8 +14,14 @@
 #include "autograd/autograd.h"
 
 // ---- config -------------------------------------------------------------------------------
+// The Llama-family variants (config.json architectures/model_type, GGUF general.architecture).
+// A zero-filled config beyond the shape fields is a plain Llama.
+typedef enum { ARCH_LLAMA = 0, ARCH_MISTRAL, ARCH_QWEN2, ARCH_PHI3, ARCH_GEMMA } ModelArch;
+typedef enum { ACT_SILU = 0, ACT_GELU_TANH = 1 } Activation;  // SwiGLU / GeGLU (gelu_pytorch_tanh)
+typedef enum { ROPE_SCALING_NONE = 0, ROPE_SCALING_LINEAR, ROPE_SCALING_LLAMA3 } RopeScaling;
+
 typedef struct {
-    char arch[32];            // "llama"
+    char arch[32];            // "llama", "mistral", "qwen2", "phi3", "gemma"
     int dim;                  // hidden_size C
     int hidden_dim;           // intermediate_size F
     int n_layers;
@@ -29,7 +35,23 @@ typedef struct {
     int tied_embeddings;      // lm_head shares the embedding table
     int bos_id, eos_id;       // -1 when the file does not say
     RopeStyle file_rope;      // RoPE convention of the q/k rows in the source file
+    // architecture variants (all 0 for Llama)
+    ModelArch arch_id;
+    RopeScaling rope_scaling; // HF rope_scaling: linear (inv_freq / factor) or llama3
+    float rope_factor, rope_low_freq_factor, rope_high_freq_factor;
+    int rope_orig_max_pos;    // original_max_position_embeddings (llama3)
+    int sliding_window;       // > 0: a query sees only keys at positions > its own - window
+    int qkv_bias;             // q, k, v projections have biases (Qwen2)
+    float norm_offset;        // HF norm weights w act as (norm_offset + w): 1 for Gemma. The
+                              // norm tensors in memory (and in GGUF files) hold the effective
+                              // multiplier: HF loads add the offset, HF saves subtract it
+    float embed_scale;        // > 0: embeddings are multiplied by it (Gemma: sqrt(dim) as fp32)
+    Activation act;           // gate activation of the MLP
+    int fused_proj;           // Phi-3: files hold qkv_proj (q;k;v rows) and gate_up_proj (gate;up)
 } ModelConfig;
+// "llama", ...; the HF class name ("LlamaForCausalLM", ...).
+const char *model_arch_name(ModelArch a);
+const char *model_arch_hf_class(ModelArch a);
 
 // ---- weights ------------------------------------------------------------------------------
 typedef enum { LT_Q, LT_K, LT_V, LT_O, LT_GATE, LT_UP, LT_DOWN, LT_COUNT } LoraTarget;
@@ -41,6 +63,7 @@ typedef struct {
     Tensor *ffn_norm;         // (C)
     // q (H*D,C) k (KVH*D,C) v (KVH*D,C) o (C,H*D) gate (F,C) up (F,C) down (C,F)
     Weight w[LT_COUNT];
+    Tensor *bias[LT_COUNT];   // frozen (out) biases, NULL where none (Qwen2: q, k, v)
 } Layer;
 
 // How the frozen base is stored in memory (`--quant`).
@@ -73,6 +96,9 @@ typedef struct {
     QuantType quant;          // QUANT_NONE (default) or QUANT_NF4: each linear weight is
                               // quantized right after it is read and its fp32 copy freed, so
                               // loading needs about one fp32 tensor beyond the NF4 model
+    const char *quant_cache;  // NULL/"" or, with QUANT_NF4, a file holding the quantized model:
+                              // read instead of the source when it was made from the same
+                              // source files (paths, sizes, modification times), else written
 } ModelLoadOptions;
 void model_load_options_default(ModelLoadOptions *o);
 Model *model_load_ex(const char *path, const ModelLoadOptions *o, Err *e);
@@ -100,13 +126,29 @@ typedef struct {
     // [layer * LT_COUNT + target], NULL where not targeted. A (r,in), B (out,r).
     Tensor **A, **B;
     char base_model[1024];    // base_model_name_or_path
+    // Fused models (Phi-3), whose PEFT modules are qkv_proj and gate_up_proj: then A[q], A[k],
+    // A[v] of a layer are ONE tensor (qkv_proj's A) and B[q], B[k], B[v] views of consecutive
+    // rows of fused_B[l * 2] (qkv_proj's B); gate/up likewise with fused_B[l * 2 + 1]. The
+    // targets mask holds all three (both) bits. NULL for other models.
+    Tensor **fused_B;
 } LoraAdapter;
 
 // New adapter: A Kaiming-uniform (bound 1/sqrt(in), as PEFT), B zero.
 LoraAdapter *lora_new(const Model *m, int rank, float alpha, unsigned targets, float dropout,
                       int use_rslora, uint64_t seed, Err *e);
 void lora_free(LoraAdapter *a);
-// Collects the trainable tensors (A and B of every target, layer by layer). Returns count.
+// An adapter for m with no targets yet (rank and base_model set; alpha, scale etc. are the
+// caller's), and zero A, B for target t of layer l (for fused models the whole fused group).
+LoraAdapter *lora_alloc(const Model *m, int rank, Err *e);
+int lora_alloc_target(LoraAdapter *a, const Model *m, int l, LoraTarget t, Err *e);
+// Fused models (Phi-3) take q,k,v and gate,up together (PEFT's qkv_proj, gate_up_proj):
+// an error naming the fused module when targets holds part of a group.
+int lora_check_fused(const Model *m, unsigned targets, Err *e);
+// The A (ab 'A') or B ('B') of PEFT module `module` ("q_proj", ..., or for fused models
+// "qkv_proj" / "gate_up_proj") of layer l; NULL when not targeted.
+Tensor *lora_module_tensor(const LoraAdapter *a, int layer, const char *module, char ab);
+// Collects the trainable tensors (A and B of every target, layer by layer; each shared or
+// fused tensor once). Returns count.
 int lora_params(const LoraAdapter *a, Tensor **out, int max);
 // "q_proj,v_proj" / "q,k,v,o,gate,up,down" / "all" / "attn" / "mlp" -> bitmask; 0 + Err on
 // an unknown name.

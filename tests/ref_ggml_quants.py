@@ -245,11 +245,12 @@ def gstr(s):
 
 
 def write_gguf(path, kv, tensors, align=32):
-    # kv: [(key, "str"|"u32", value)]; tensors: [(name, ggml type, ne fastest-first, bytes)]
+    # kv: [(key, "str"|"u32"|"f32", value)]; tensors: [(name, ggml type, ne fastest-first, bytes)]
     out = bytearray(b"GGUF" + struct.pack("<IQQ", 3, len(tensors), len(kv)))
     for key, kind, val in kv:
         out += gstr(key)
-        out += struct.pack("<I", 8) + gstr(val) if kind == "str" else struct.pack("<II", 4, val)
+        out += {"str": lambda: struct.pack("<I", 8) + gstr(val), "u32": lambda: struct.pack("<II", 4, val),
+                "f32": lambda: struct.pack("<If", 6, val)}[kind]()
     offs, off = [], 0
     for name, typ, ne, data in tensors:
         off = (off + align - 1) // align * align

@@ -6,10 +6,7 @@
 # the real stories260K when ../shared/models is there.
 source tests/lib.sh
 T=$(tmpdir e2e)
-python3 scripts/make_demo_data.py "$T" || { fail e2e_setup "make_demo_data failed"; exit 1; }
-spm_train --input="$T/corpus.txt" --model_prefix="$T/tok" --vocab_size=512 --model_type=bpe \
-  --character_coverage=1.0 --byte_fallback=true --hard_vocab_limit=false --bos_id=1 --eos_id=2 \
-  --unk_id=0 --pad_id=-1 --minloglevel=2 > "$T/spm.log" 2>&1 || { fail e2e_setup "spm_train failed"; exit 1; }
+demo_task "$T" 512 || { fail e2e_setup "demo data or spm_train failed"; exit 1; }
 
 # eval_loss JSON NAME: the loss of row NAME of a `lora eval --json` file
 eval_loss() {
@@ -19,7 +16,8 @@ for r in json.load(open(sys.argv[1]))["results"]:
 }
 
 # check_run NAME MODEL TOKENIZER OUT QUANT EXTRA_FLAGS...: train with --quant QUANT, then
-# compare before/after and reload (evaluating with the same --quant: like with like).
+# compare before/after and reload with `lora eval` given no --quant: it takes the adapter's
+# (its train_config.json), so the base is loaded as training loaded it: like with like.
 check_run() {
   local name=$1 model=$2 tok=$3 out=$4 quant=$5; shift 5
   if ! ./lora train --model "$model" --tokenizer "$tok" --data "$T/train.jsonl" \
@@ -50,7 +48,9 @@ for l in open(sys.argv[1]):
   else fail "${name}_metrics_jsonl" "$(cat "$out.json.err")"; fi
   # base and adapter on the held-out file, loaded the way training loaded them
   ./lora eval --model "$model" --tokenizer "$tok" --adapter "adapter=$out" --data "$T/val.jsonl" \
-    --template alpaca --batch-size 8 --no-generate --quant "$quant" --json "$out.eval.json" > "$out.eval.log" 2>&1
+    --template alpaca --batch-size 8 --no-generate --json "$out.eval.json" > "$out.eval.log" 2>&1
+  if grep -q "base weights $quant, as adapter adapter was trained" "$out.eval.log"; then pass "${name}_eval_takes_adapter_quant"
+  else fail "${name}_eval_takes_adapter_quant" "no 'base weights $quant' line: $(grep 'base weights' "$out.eval.log")"; fi
   local reload base
   reload=$(eval_loss "$out.eval.json" adapter)
   if awk -v x="$reload" -v y="$after" 'BEGIN{d=x-y; if(d<0)d=-d; exit !(x!="" && d <= 1e-4*y)}'; then

@@ -67,12 +67,13 @@ if ! "$L" train --resume "$T/full/checkpoint-20" --out "$T/bad2" --data "$T/less
    grep -q "training data differs" "$T/bad2.log"; then pass resume_other_data_refused
 else fail resume_other_data_refused "$(tail -n 2 "$T/bad2.log")"; fi
 
-# 3. merge and export against base + adapter
+# 3. merge and export against base + adapter, all on the fp32 base (--quant none: a PEFT
+# adapter trained as QLoRA would otherwise be run over the 4-bit base its train_config.json names)
 A=$T/full
 gen() { "$L" generate --tokenizer "$T/tok.model" --template alpaca --prompt "Name the capital city of France." \
-          --temperature 0 --max-tokens 16 --print-ids --ignore-eos "$@" 2> /dev/null | tail -n 1; }
+          --temperature 0 --max-tokens 16 --print-ids --ignore-eos --quant none "$@" 2> /dev/null | tail -n 1; }
 # held-out loss of the last model evaluated (base + ADAPTER)
-evl() { "$L" eval --tokenizer "$T/tok.model" --template alpaca --data "$T/val.jsonl" --no-generate \
+evl() { "$L" eval --tokenizer "$T/tok.model" --template alpaca --data "$T/val.jsonl" --no-generate --quant none \
           --json "$T/eval.json" "$@" > /dev/null 2>&1 &&
         python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["results"][-1]["loss"])' "$T/eval.json"; }
 want=$(gen --model "$T/base" --adapter "$A")

@@ -1,5 +1,6 @@
 // infer/: sampler properties, the generation loop (KV cache = full recompute, seeds, stop
-// strings, streaming), the adapter registry (A -> B -> A identical to fresh loads, scale 0 =
+// strings, streaming), prompts in every template equal to training's and replies ending at
+// the template's end-of-turn marker, the adapter registry (A -> B -> A identical to fresh loads, scale 0 =
 // base, unload while in use), and the evaluation metrics on hand-made cases.
 #include <math.h>
 #include <stdlib.h>
@@ -330,6 +331,160 @@ static void test_generation(const Fixture *f) {
     model_free(m);
 }
 
+// ---- templates: prompts as training lays them out, replies ending at the end of turn -------
+// The ids `lora generate --template T --prompt MSG` feeds the model (prompt_ids_text with BOS)
+// equal the ids before the first response token of a training example with that user
+// message (an alpaca row for alpaca, a completion row for raw, a messages row for the chat
+// templates): the model is asked exactly as it was taught.
+static void check_prompts_as_training(const char *dir, const char *tok_name, const Tokenizer *tok) {
+    static const Template T[] = {TPL_ALPACA, TPL_RAW,    TPL_CHATML, TPL_QWEN2,  TPL_QWEN25, TPL_SMOLLM2,
+                                 TPL_LLAMA2, TPL_LLAMA3, TPL_LLAMA32, TPL_ZEPHYR, TPL_PHI3,   TPL_GEMMA};
+    const char *msg = "Name the capital city of France.", *reply = "Paris.";
+    char path[700], why[900] = "";
+    int ok = 1;
+    for (size_t i = 0; i < sizeof T / sizeof T[0] && ok; i++) {
+        Template t = T[i];
+        Err e = {{0}};
+        snprintf(path, sizeof path, "%s/one_%s_%s.jsonl", dir, tok_name, template_name(t));
+        FILE *fp = fopen(path, "w");
+        if (!fp) { ok = 0; snprintf(why, sizeof why, "cannot write %s", path); break; }
+        if (t == TPL_ALPACA) fprintf(fp, "{\"instruction\": \"%s\", \"output\": \"%s\"}\n", msg, reply);
+        else if (t == TPL_RAW) fprintf(fp, "{\"prompt\": \"%s\", \"completion\": \"%s\"}\n", msg, reply);
+        else
+            fprintf(fp, "{\"messages\": [{\"role\": \"user\", \"content\": \"%s\"}, {\"role\": \"assistant\", "
+                        "\"content\": \"%s\"}]}\n", msg, reply);
+        fclose(fp);
+        DataOptions o;
+        data_options_default(&o);
+        o.tpl = t;
+        Dataset *ds = dataset_load(path, tok, &o, &e);
+        int *ids = NULL;
+        int n = ds ? prompt_ids_text(tok, t, msg, 1, &ids, &e) : -1;
+        if (n < 0) {
+            ok = 0;
+            snprintf(why, sizeof why, "%s: %s", template_name(t), e.msg);
+        } else {
+            const Example *ex = &ds->ex[0];
+            int k = 0;
+            while (k < ex->n && !ex->mask[k]) k++;
+            if (k != n || memcmp(ids, ex->ids, sizeof(int) * (size_t)n)) {
+                ok = 0;
+                int d = 0;
+                while (d < n && d < k && ids[d] == ex->ids[d]) d++;
+                snprintf(why, sizeof why, "%s: generate feeds %d ids, training's prompt has %d; first difference at %d",
+                         template_name(t), n, k, d);
+            }
+            // zephyr's "</s>" after the user turn is the EOS id, not the text "</s>"
+            int has_eos = 0;
+            for (int j = 0; j < n; j++) has_eos |= ids[j] == tok_eos(tok);
+            if (ok && t == TPL_ZEPHYR && tok_eos(tok) >= 0 && !has_eos) {
+                ok = 0;
+                snprintf(why, sizeof why, "zephyr: no EOS id %d in the prompt", tok_eos(tok));
+            }
+            // a marker the tokenizer has as a special token is that one id
+            const char *marker = template_stop(t);
+            int mid = marker ? tok_piece_id(tok, marker) : -1, has_mid = 0;
+            for (int j = 0; j < n; j++) has_mid |= ids[j] == mid;
+            if (ok && mid >= 0 && !has_mid) {
+                ok = 0;
+                snprintf(why, sizeof why, "%s: the marker %s (id %d) is not in the prompt", template_name(t), marker, mid);
+            }
+        }
+        free(ids);
+        dataset_free(ds);
+    }
+    char name[96];
+    snprintf(name, sizeof name, "generate_prompt_ids_equal_training_%s", tok_name);
+    CHECK(name, ok, "%s", why);
+}
+
+static void test_templates(const Fixture *f) {
+    Err e = {{0}};
+    // every chat template's reply ends at its end-of-turn marker (EOS ends the others)
+    int stops_ok = 1;
+    for (int t = TPL_AUTO; t <= TPL_GEMMA; t++) {
+        GenConfig g;
+        gen_config_default(&g);
+        gen_add_template_stops(&g, (Template)t);
+        const char *want = template_stop((Template)t);
+        int ends_with_eos = t == TPL_AUTO || t == TPL_ALPACA || t == TPL_RAW || t == TPL_LLAMA2 || t == TPL_ZEPHYR;
+        stops_ok &= ends_with_eos ? g.n_stop == 0 && !want : g.n_stop == 1 && want && !strcmp(g.stop[0], want);
+    }
+    GenConfig g;
+    gen_config_default(&g);
+    gen_add_template_stops(&g, TPL_LLAMA3);
+    gen_add_template_stops(&g, TPL_PHI3);
+    gen_add_template_stops(&g, TPL_GEMMA);
+    stops_ok &= g.n_stop == 3 && !strcmp(g.stop[0], "<|eot_id|>") && !strcmp(g.stop[1], "<|end|>") &&
+                !strcmp(g.stop[2], "<end_of_turn>");
+    CHECK("template_stops", stops_ok, "a template's end-of-turn marker is not added as a stop");
+
+    Tokenizer *tok = tok_load(f->tok, &e);
+    if (!tok) {
+        CHECK("templates_setup", 0, "%s", e.msg);
+        return;
+    }
+    check_prompts_as_training(f->dir, "spm", tok);
+    // a stop that is one token whose piece never appears in the decoded text (as "<|eot_id|>"
+    // of Llama-3 when it is not the EOS) ends the reply at that token
+    Model *m = model_load(f->model, &e);
+    SpmVocab *v = spm_vocab_load(f->tok, &e);
+    int *prompt = NULL;
+    int np = m && v ? prompt_ids_text(tok, TPL_RAW, "The capital of", 1, &prompt, &e) : -1;
+    GenResult base = {0}, r = {0};
+    gen_config_default(&g);
+    g.max_tokens = 24;
+    g.ignore_eos = 1;
+    g.sampler.temperature = 0;
+    int rc = np < 0 || generate(m, NULL, tok, prompt, np, &g, NULL, NULL, &base, &e);
+    // the marker: a token generated (first) after the first one, whose piece is not its text
+    // (a byte piece "<0xC7>", or "\xe2\x96\x81word")
+    int at = -1;
+    for (int i = 1; !rc && i < base.n && at < 0; i++) {
+        const char *pc = v->pieces[base.ids[i]];
+        int seen = 0;
+        for (int j = 0; j < i; j++) seen |= base.ids[j] == base.ids[i];
+        if (!seen && (!strncmp(pc, "<0x", 3) || !strncmp(pc, "\xe2\x96\x81", 3))) at = i;
+    }
+    int first = at;
+    if (at >= 0) {
+        g.stop[0] = v->pieces[base.ids[at]];
+        g.n_stop = 1;
+        rc = generate(m, NULL, tok, prompt, np, &g, NULL, NULL, &r, &e);
+    }
+    CHECK("generate_stops_at_marker_token", !rc && at >= 0 && r.finish == FINISH_STOP && r.n == first &&
+                                                !memcmp(r.ids, base.ids, sizeof(int) * (size_t)first),
+          "rc %d, marker at %d, stopped after %d tokens (finish %d), want %d: %s", rc, at, r.n, r.finish, first, e.msg);
+    gen_result_free(&r);
+    gen_result_free(&base);
+    free(prompt);
+    spm_vocab_free(v);
+    model_free(m);
+    tok_free(tok);
+
+    // real tokenizers: Llama-2's SentencePiece (</s> = EOS) and Llama-3's tokenizer.json, whose
+    // chat markers are special tokens
+    const char *md = tu_models_dir();
+    if (!md) {
+        SKIP("generate_prompt_ids_equal_training_real_tokenizers", "no ../shared/models");
+        return;
+    }
+    static const char *const REAL[][2] = {{"llama2", "tokenizers/llama2/tokenizer.model"},
+                                          {"llama3", "tokenizers/llama3/tokenizer.json"},
+                                          {"qwen3", "tokenizers/qwen3/tokenizer.json"}};
+    for (int i = 0; i < 3; i++) {
+        char path[1200];
+        snprintf(path, sizeof path, "%s/%s", md, REAL[i][1]);
+        Tokenizer *rt = tok_load(path, &e);
+        if (!rt) {
+            CHECK("real_tokenizer_loads", 0, "%s", e.msg);
+            continue;
+        }
+        check_prompts_as_training(f->dir, REAL[i][0], rt);
+        tok_free(rt);
+    }
+}
+
 // ---- registry -----------------------------------------------------------------------------
 static void test_registry(const Fixture *f) {
     Err e = {{0}};
@@ -523,6 +678,7 @@ int main(void) {
         return tu_exit();
     }
     test_generation(&f);
+    test_templates(&f);
     test_registry(&f);
     test_eval(&f);
     return tu_exit();

@@ -46,11 +46,11 @@ fi
 
 PROMPT=$'Below is an instruction that describes a task. Write a response that appropriately completes the request.\n\n### Instruction:\nName the capital city of France.\n\n### Response:\n'
 N=24
-# ours MODEL [ADAPTER]: the generated ids, space-separated
+# ours MODEL [ADAPTER]: the generated ids, space-separated (fp32 base, as llama.cpp's)
 ours() {
   local extra=(); [ -n "$2" ] && extra=(--adapter "$2")
   "$L" generate --model "$1" --tokenizer "$S/tok512.model" --template raw --prompt "$PROMPT" --temperature 0 \
-    --max-tokens $N --print-ids "${extra[@]}" 2> /dev/null | tail -n 1 | xargs
+    --max-tokens $N --print-ids --quant none "${extra[@]}" 2> /dev/null | tail -n 1 | xargs
 }
 # theirs MODEL LORA|-: llama.cpp's generated ids, space-separated (its JSON kept in $T/NAME.json)
 theirs() {

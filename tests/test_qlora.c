@@ -3,10 +3,13 @@
 // dequantize + sgemm, the fused lm_head + cross-entropy against op_linear + op_cross_entropy,
 // gradient checkpointing (bit-identical loss and gradients, with dropout, and less arena
 // memory), recording-off forwards on the sub-tape, `--quant nf4` loading (storage types,
-// peak memory while loading, dequantized save/reload) and the memory plan.
+// peak memory while loading, dequantized save/reload, the --quant-cache file) and the memory
+// plan.
 // The whole-model comparison with PyTorch on the dequantized weights is the "nf4" variant of
 // tests/test_reference.c.
 #include <cblas.h>
+#include <fcntl.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -175,30 +178,26 @@ static void test_gemv(void) {
     tape_free(t);
 }
 
-// The fused lm_head + cross-entropy against the two unfused ops, for every storage type.
-static void test_fused_ce(void) {
-    char name[200];
-    Err e;
-    Tape *t = tape_new(&e);
-    const int64_t N = 600, C = 256, V = 20000;  // 3 vocabulary tiles
+// The fused lm_head + cross-entropy against the two unfused ops, for every storage type: one
+// shape with several vocabulary tiles, one with several chunks of rows.
+static void fused_ce_case(Tape *t, int64_t N, int64_t C, int64_t V, uint64_t seed) {
+    char name[240];
     float *deq;
-    Weight wn = nf4_weight(V, C, 60, &deq);
-    float *wf = gaussian(V * C, 0.05f, 61);
+    Weight wn = nf4_weight(V, C, seed, &deq);
+    float *wf = gaussian(V * C, 0.05f, seed + 1);
     uint16_t *wb = malloc((size_t)(V * C) * sizeof(uint16_t));
     for (int64_t i = 0; i < V * C; i++) wb[i] = f32_to_bf16(wf[i]);
     Weight ws[3] = {{WT_F32, V, C, wf, 0, "f32"}, {WT_BF16, V, C, wb, 0, "bf16"}, wn};
     int *targets = malloc((size_t)N * sizeof(int));
     Rng r;
-    rng_seed(&r, 62);
-    int kept = 0;
-    for (int64_t i = 0; i < N; i++) {
-        targets[i] = rng_uniform(&r) < 0.3f ? -1 : (int)rng_below(&r, (uint32_t)V);
-        kept += targets[i] >= 0;
-    }
-    targets[5] = V - 1;  // the last vocabulary row of the last tile
+    rng_seed(&r, seed + 2);
+    for (int64_t i = 0; i < N; i++) targets[i] = rng_uniform(&r) < 0.3f ? -1 : (int)rng_below(&r, (uint32_t)V);
+    targets[5] = (int)V - 1;  // the last vocabulary row of the last tile
     targets[6] = 0;
+    int kept = 0;
+    for (int64_t i = 0; i < N; i++) kept += targets[i] >= 0;
     for (int k = 0; k < 3; k++) {
-        Tensor *x = param(t, N, C, 63), *x2 = param(t, N, C, 63);
+        Tensor *x = param(t, N, C, seed + 3), *x2 = param(t, N, C, seed + 3);
         tape_reset(t);
         Tensor *l1 = op_linear_cross_entropy(t, x, &ws[k], targets, (float)kept);
         tape_backward(t, l1);
@@ -212,30 +211,40 @@ static void test_fused_ce(void) {
         for (int64_t i = 0; i < N; i++)
             if (targets[i] < 0)
                 for (int64_t c = 0; c < C; c++) untouched &= x->grad[i * C + c] == 0.0f;
-        snprintf(name, sizeof name, "fused lm_head+CE (%s, %lld rows, %d kept, V %lld) = op_linear+op_cross_entropy: "
-                 "loss %.1e, dx %.1e", weight_type_name(ws[k].type), (long long)N, kept, (long long)V, el, eg);
+        snprintf(name, sizeof name, "fused lm_head+CE (%s, %lld rows x %lld, V %lld) = op_linear+op_cross_entropy: "
+                 "loss %.1e, dx %.1e", weight_type_name(ws[k].type), (long long)N, (long long)C, (long long)V, el, eg);
         CHECK(name, el < 1e-6 && eg < 1e-5 && untouched, "tolerance 1e-6 / 1e-5, ignored rows untouched %d", untouched);
         tensor_free(x);
         tensor_free(x2);
     }
+    free(targets);
+    free(wf);
+    free(wb);
+    free(deq);
+    weight_free(&wn);
+}
+
+static void test_fused_ce(void) {
+    Err e;
+    Tape *t = tape_new(&e);
+    fused_ce_case(t, 600, 256, 20000, 60);  // 3 vocabulary tiles
+    fused_ce_case(t, 4500, 64, 3000, 70);   // 3 chunks of rows
     // no kept target: loss 0, nothing to propagate
-    int *none = malloc((size_t)N * sizeof(int));
+    const int64_t N = 50, C = 32, V = 40;
+    float *wf = gaussian(V * C, 0.05f, 80);
+    Weight w = {WT_F32, V, C, wf, 0, "f32"};
+    int none[50];
     for (int64_t i = 0; i < N; i++) none[i] = -1;
     Tensor *x = param(t, N, C, 64);
     tape_reset(t);
-    Tensor *l0 = op_linear_cross_entropy(t, x, &ws[0], none, 1.0f);
+    Tensor *l0 = op_linear_cross_entropy(t, x, &w, none, 1.0f);
     tape_backward(t, l0);
     int zero = 1;
     for (int64_t i = 0; i < N * C; i++) zero &= x->grad[i] == 0.0f;
     CHECK("fused CE with every target ignored: loss 0, no gradient", l0->data[0] == 0.0f && zero, "loss %g",
           l0->data[0]);
     tensor_free(x);
-    free(none);
-    free(targets);
     free(wf);
-    free(wb);
-    free(deq);
-    weight_free(&wn);
     tape_free(t);
 }
 
@@ -480,6 +489,71 @@ static void test_load(const char *dir, const char *big) {
     model_free(b);
 }
 
+static int64_t mtime_ns(const char *path) {
+    struct stat sb;
+    return stat(path, &sb) ? -1 : (int64_t)sb.st_mtim.tv_sec * 1000000000 + sb.st_mtim.tv_nsec;
+}
+
+// Logits of m on a fixed batch (malloc'd, *n values).
+static float *logits_of(const Model *m, int64_t *n) {
+    Err e;
+    Tape *t = tape_new(&e);
+    tape_set_recording(t, 0);
+    int *ids, *tg;
+    batch(1, 12, m->cfg.vocab_size, &ids, &tg);
+    Tensor *l = model_forward(t, m, NULL, ids, 1, 12, NULL, 0);
+    *n = l->n;
+    float *out = malloc((size_t)l->n * 4);
+    memcpy(out, l->data, (size_t)l->n * 4);
+    tape_free(t);
+    free(ids), free(tg);
+    return out;
+}
+
+// --quant-cache: written on the first load, read on the next (same logits, file untouched),
+// rewritten when the source changes or the cache is damaged.
+static void test_cache(const char *dir, const char *root) {
+    char cache[700], cfg[700], name[200];
+    snprintf(cache, sizeof cache, "%s/base.nf4", root);
+    snprintf(cfg, sizeof cfg, "%s/config.json", dir);
+    ModelLoadOptions o;
+    model_load_options_default(&o);
+    o.quant = QUANT_NF4;
+    o.quant_cache = cache;
+    Err e;
+    Model *ref = load_q(dir, QUANT_NF4), *a = model_load_ex(dir, &o, &e);
+    int64_t t1 = mtime_ns(cache);
+    CHECK("quant cache written on the first load", a && t1 > 0, "%s", a ? "no file" : e.msg);
+    Model *b = a ? model_load_ex(dir, &o, &e) : NULL;
+    int64_t t2 = mtime_ns(cache), n1 = 0, n2 = 0, n3 = 0;
+    float *l1 = ref ? logits_of(ref, &n1) : NULL, *l2 = b ? logits_of(b, &n2) : NULL;
+    snprintf(name, sizeof name, "quant cache read back: same logits bit for bit, file not rewritten");
+    CHECK(name, b && t2 == t1 && l1 && l2 && n1 == n2 && !memcmp(l1, l2, (size_t)n1 * 4) &&
+                    b->layers[1].w[LT_DOWN].type == WT_NF4 && b->cfg.n_layers == ref->cfg.n_layers,
+          "%s", b ? "differs" : e.msg);
+    // a changed source (its config.json touched) makes the cache stale
+    struct timespec ts[2] = {{0, UTIME_OMIT}, {(time_t)(t1 / 1000000000) + 5, 0}};
+    utimensat(AT_FDCWD, cfg, ts, 0);
+    Model *c = model_load_ex(dir, &o, &e);
+    int64_t t3 = mtime_ns(cache);
+    CHECK("quant cache of another source (modified file) is not used, and rewritten", c && t3 != t2, "mtime %lld",
+          (long long)t3);
+    // a damaged (truncated) cache is ignored and rewritten
+    FILE *f = fopen(cache, "r+b");
+    if (f) {
+        if (ftruncate(fileno(f), 100000)) {
+        }
+        fclose(f);
+    }
+    Model *d = model_load_ex(dir, &o, &e);
+    float *l3 = d ? logits_of(d, &n3) : NULL;
+    CHECK("damaged quant cache ignored and rewritten", d && l3 && n3 == n1 && !memcmp(l1, l3, (size_t)n1 * 4) &&
+                                                       mtime_ns(cache) != t3,
+          "%s", d ? "differs" : e.msg);
+    free(l1), free(l2), free(l3);
+    model_free(ref), model_free(a), model_free(b), model_free(c), model_free(d);
+}
+
 int main(void) {
     test_nf4_weight_ops();
     test_gemv();
@@ -510,5 +584,6 @@ int main(void) {
     CHECK("write the bigger model (child process)", WIFEXITED(st) && WEXITSTATUS(st) == 0, "status %d", st);
     test_checkpointing(dir);
     test_load(dir, big);
+    test_cache(dir, root);
     return tu_exit();
 }

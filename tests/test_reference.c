@@ -18,65 +18,14 @@
 #include "optim/optim.h"
 #include "train/train.h"
 
-#define TOL 1e-4
-#define FLOOR 0.05
+#include "tests/refcheck.h"
+
+#define TOL REF_TOL
 #define MAX_PARAMS 512
-
-// Expected tensor `name` as fp32 (malloc'd), checking it has n elements; NULL + FAIL line.
-static float *exp_f32(const SafeTensors *st, const char *name, int64_t n) {
-    const StTensor *s = st_find(st, name);
-    if (!s || s->n != n) {
-        CHECK(name, 0, "expected tensor %s %s (want %lld elements)", name,
-              s ? "has the wrong size" : "is missing", (long long)n);
-        return NULL;
-    }
-    Err e = {{0}};
-    float *out = malloc((size_t)n * sizeof(float));
-    if (!out || st_read_f32(st, name, out, s->ndim, s->shape, &e) != 0) {
-        CHECK(name, 0, "%s", e.msg);
-        free(out);
-        return NULL;
-    }
-    return out;
-}
-
-// Expected int32 tensor `name` (malloc'd); *n receives its element count.
-static int *exp_i32(const SafeTensors *st, const char *name, int64_t *n) {
-    const StTensor *s = st_find(st, name);
-    if (!s || s->dtype != ST_I32) {
-        CHECK(name, 0, "expected int32 tensor %s is missing", name);
-        return NULL;
-    }
-    int *out = malloc((size_t)s->n * sizeof(int));
-    if (!out) return NULL;
-    memcpy(out, s->data, (size_t)s->n * sizeof(int));
-    *n = s->n;
-    return out;
-}
 
 static double meta_num(const SafeTensors *st, const char *key) {
     const char *v = st_metadata(st, key);
     return v ? strtod(v, NULL) : NAN;
-}
-
-// Max relative error of got against want (n elements) with a floor of FLOOR × max|want|;
-// +inf when got is NULL or holds a NaN/inf (tu_max_rel_err alone would let a NaN through).
-static double rel_err(const float *got, const float *want, int64_t n) {
-    if (!got || !want) return INFINITY;
-    double amax = 0;
-    for (int64_t i = 0; i < n; i++) {
-        if (!isfinite(got[i])) return INFINITY;
-        amax = fmax(amax, fabs((double)want[i]));
-    }
-    return tu_max_rel_err(got, want, (long)n, fmax(FLOOR * amax, 1e-30));
-}
-
-// rel_err of got against the whole expected tensor `name` (n elements).
-static double compare(const SafeTensors *st, const char *name, const float *got, int64_t n) {
-    float *want = exp_f32(st, name, n);
-    double err = rel_err(got, want, n);
-    free(want);
-    return err;
 }
 
 // PEFT key of the A (ab = 'A') or B matrix of target tg in layer l, after `prefix`.

@@ -169,10 +169,12 @@ int cmd_chat(int argc, char **argv) {
     if (tpl < 0) return cli_fail(&e);
     c.tpl = (Template)tpl;
     gen_add_template_stops(&c.gen, c.tpl);
+    QuantType quant;
+    if (cli_quant(f, nf, argc, argv, &quant, &e)) return cli_fail(&e);
     c.system = cli_get(f, nf, "system", NULL);
     if (threads > 0) set_num_threads(threads);
     int rc = 1;
-    if (!(c.m = model_load_quant(model_path, cli_get(f, nf, "quant", NULL), &e))) goto done;
+    if (!(c.m = model_load_quant(model_path, quant_name(quant), &e))) goto done;
     if (!(c.tok = load_tokenizer_for(model_path, cli_get(f, nf, "tokenizer", NULL), &e))) goto done;
     if (!(c.reg = registry_new(c.m, "base", &e))) goto done;
     int na = cli_load_adapters(c.reg, argc, argv, &e);

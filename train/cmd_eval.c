@@ -49,6 +49,13 @@ int cmd_eval(int argc, char **argv) {
         if (fm < 0) return cli_fail(&e);
         o.format = (DataFormat)fm;
     }
+    if (o.tpl == TPL_AUTO) {  // messages rows in the model's own chat template, as `lora train` lays them out
+        o.chat_tpl = cli_detect_template(f, nf);
+        fprintf(stderr, "lora: chat template (messages rows): %s\n",
+                o.chat_tpl != TPL_AUTO ? template_name(o.chat_tpl) : "chatml (no known chat_template beside the model)");
+    }
+    QuantType quant;
+    if (cli_quant(f, nf, argc, argv, &quant, &e)) return cli_fail(&e);
     int rc = 1, nrows = 0;
     Model *m = NULL;
     Tokenizer *tok = NULL;
@@ -56,7 +63,7 @@ int cmd_eval(int argc, char **argv) {
     Dataset *ds = NULL;
     EvalResult *rows = NULL;
     AdapterInfo info[MAX_ROWS - 1];
-    if (!(m = model_load_quant(model_path, cli_get(f, nf, "quant", NULL), &e))) goto done;
+    if (!(m = model_load_quant(model_path, quant_name(quant), &e))) goto done;
     if (!(tok = load_tokenizer_for(model_path, cli_get(f, nf, "tokenizer", NULL), &e))) goto done;
     if (m->cfg.max_seq_len > 0 && o.seq_len > m->cfg.max_seq_len) o.seq_len = m->cfg.max_seq_len;
     if (!(reg = registry_new(m, "base", &e)) || cli_load_adapters(reg, argc, argv, &e) < 0) goto done;

@@ -37,7 +37,8 @@ int cmd_generate(int argc, char **argv) {
     }
     if (threads > 0) set_num_threads(threads);
     int tpl = (int)template_parse(cli_get(f, nf, "template", "raw"), &e);
-    if (tpl < 0) return cli_fail(&e);
+    QuantType quant;
+    if (tpl < 0 || cli_quant(f, nf, argc, argv, &quant, &e)) return cli_fail(&e);
     int rc = 1;
     Model *m = NULL;
     Tokenizer *tok = NULL;
@@ -46,7 +47,7 @@ int cmd_generate(int argc, char **argv) {
     const LoraAdapter *lora = NULL;
     int *ids = NULL;
     GenResult res = {0};
-    if (!(m = model_load_quant(model_path, cli_get(f, nf, "quant", NULL), &e))) goto done;
+    if (!(m = model_load_quant(model_path, quant_name(quant), &e))) goto done;
     if (!(tok = load_tokenizer_for(model_path, cli_get(f, nf, "tokenizer", NULL), &e))) goto done;
     if (!(reg = registry_new(m, "base", &e)) || cli_load_adapters(reg, argc, argv, &e) < 0) goto done;
     if (cli_get(f, nf, "adapter", NULL)) {

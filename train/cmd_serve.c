@@ -143,8 +143,9 @@ static int read_params(const Server *s, json_object *root, Params *p, Err *e) {
     return 0;
 }
 
-// Prompt ids of a completion request ("prompt": a string, or an array of one string).
-static int completion_prompt(const Server *s, json_object *root, int **ids, Err *e) {
+// Prompt ids of a completion request ("prompt": a string, or an array of one string, laid
+// out by its "template", raw by default); *tpl gets that template.
+static int completion_prompt(const Server *s, json_object *root, int **ids, Template *tpl, Err *e) {
     json_object *p;
     if (!json_object_object_get_ex(root, "prompt", &p) || json_object_is_type(p, json_type_null))
         return err_set(e, "request: missing \"prompt\"");
@@ -156,6 +157,7 @@ static int completion_prompt(const Server *s, json_object *root, int **ids, Err 
     if (json_opt_str(root, "template", "request", &tname, e) < 0) return -1;
     int t = (int)template_parse(tname, e);
     if (t < 0) return -1;
+    *tpl = (Template)t;
     return prompt_ids_text(s->tok, (Template)t, json_object_get_string(p), 1, ids, e);
 }
 
@@ -303,8 +305,9 @@ static enum MHD_Result handle_completion(Server *s, struct MHD_Connection *c, js
     AdapterEntry *ref;
     if (registry_acquire(s->reg, p.model, &lora, &ref, &e)) return send_error(c, 404, e.msg);
     const char *model = p.model && *p.model ? p.model : registry_base_name(s->reg);
-    int np = chat ? chat_prompt(s, root, &ids, &e) : completion_prompt(s, root, &ids, &e);
-    if (np >= 0 && chat) gen_add_template_stops(&p.gen, s->chat_tpl);
+    Template tpl = s->chat_tpl;
+    int np = chat ? chat_prompt(s, root, &ids, &e) : completion_prompt(s, root, &ids, &tpl, &e);
+    if (np >= 0) gen_add_template_stops(&p.gen, tpl);  // the reply ends at the template's end of turn
     char id[48];
     snprintf(id, sizeof id, "%s-%ld", chat ? "chatcmpl" : "cmpl", __atomic_add_fetch(&s->next_id, 1, __ATOMIC_RELAXED));
     long created = (long)time(NULL);
@@ -550,6 +553,8 @@ int cmd_serve(int argc, char **argv) {
     int tpl = cli_template(f, nf, &e);
     if (tpl < 0) return cli_fail(&e);
     s.chat_tpl = (Template)tpl;
+    QuantType quant;
+    if (cli_quant(f, nf, argc, argv, &quant, &e)) return cli_fail(&e);
     const char *adir = cli_get(f, nf, "adapter-dir", NULL);
     if (adir && !realpath(adir, s.adapter_dir)) {
         err_set(&e, "--adapter-dir %s: %s", adir, strerror(errno));
@@ -580,7 +585,7 @@ int cmd_serve(int argc, char **argv) {
     char base[ADAPTER_NAME_MAX];
     base_name_of(model_path, base, sizeof base);
     const char *bn = cli_get(f, nf, "name", base);
-    if (!(s.m = model_load_quant(model_path, cli_get(f, nf, "quant", NULL), &e))) goto done;
+    if (!(s.m = model_load_quant(model_path, quant_name(quant), &e))) goto done;
     if (!(s.tok = load_tokenizer_for(model_path, cli_get(f, nf, "tokenizer", NULL), &e))) goto done;
     if (!(s.reg = registry_new(s.m, bn, &e)) || cli_load_adapters(s.reg, argc, argv, &e) < 0) goto done;
     unsigned flags = MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ERROR_LOG;

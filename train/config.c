@@ -90,6 +90,7 @@ int train_config_set(TrainConfig *c, const char *key_in, const char *v, Err *e) 
     }
     if (IS("rslora") || IS("use_rslora")) return parse_bool(key, v, &c->use_rslora, e);
     if (IS("quant")) return quant_parse(v, &c->quant, e);
+    if (IS("quant_cache")) return set_path(c->quant_cache, sizeof c->quant_cache, key, v, e);
     if (IS("grad_checkpointing")) return parse_bool(key, v, &c->grad_checkpointing, e);
     if (IS("format")) {
         int f = (int)data_format_parse(v, e);
@@ -209,6 +210,7 @@ int train_config_save(const TrainConfig *c, const char *path, Err *e) {
     S("targets", lora_targets_str(c->targets, tg, sizeof tg));
     BOOL("use_rslora", c->use_rslora);
     S("quant", quant_name(c->quant));
+    S("quant_cache", c->quant_cache);
     BOOL("grad_checkpointing", c->grad_checkpointing);
     static const char *const FORMATS[] = {"auto", "alpaca", "completion", "messages", "text"};
     S("format", FORMATS[c->data_opts.format]);

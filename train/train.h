@@ -25,6 +25,7 @@ typedef struct {
     int use_rslora;            // 0
     // frozen base and memory
     QuantType quant;           // QUANT_NF4 (QLoRA, the default) or QUANT_NONE (`--quant`)
+    char quant_cache[1024];    // "" or a file caching the quantized base (`--quant-cache`)
     int grad_checkpointing;    // 1: each block recomputed in backward (`--grad-checkpointing`)
     // data
     DataOptions data_opts;
@@ -138,6 +139,14 @@ int cli_gen_config(const CliFlag *flags, int n, int argc, char **argv, int def_m
 // chat template (template_detect of --tokenizer, then of --model), else alpaca. -1 on a bad
 // name.
 int cli_template(const CliFlag *flags, int n, Err *e);
+// The model's own chat template (template_detect of --tokenizer, then of --model), TPL_AUTO
+// when neither has a known one.
+Template cli_detect_template(const CliFlag *flags, int n);
+// The base's quantisation for generate, eval, chat and serve: --quant nf4|none, or (absent or
+// "auto") the "quant" of the train_config.json `lora train` wrote beside each --adapter (the
+// first one's when they disagree, with a warning), else none. Says on stderr which it is and
+// why. -1 on a bad --quant or an unreadable train_config.json.
+int cli_quant(const CliFlag *flags, int n, int argc, char **argv, QuantType *q, Err *e);
 // Loads every --adapter name=path[:scale] of argv into r. Returns the count, -1 on error.
 int cli_load_adapters(AdapterRegistry *r, int argc, char **argv, Err *e);
 

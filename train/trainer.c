@@ -182,6 +182,7 @@ static int run_setup(Run *r, const TrainConfig *c, Err *e) {
     ModelLoadOptions lo;
     model_load_options_default(&lo);
     lo.quant = c->quant;
+    lo.quant_cache = c->quant_cache;
     if (!(r->model = model_load_ex(c->model, &lo, e))) return -1;
     if (!(r->tok = load_tokenizer_for(c->model, c->tokenizer, e))) return -1;
     const ModelConfig *mc = &r->model->cfg;

@@ -1,0 +1,184 @@
+// bench_step — times lora.c's LoRA/QLoRA training step (or NF4 decode) on a model directory.
+// Built by `make bench` into $(BUILD)/bench/bench_step and run by bench/bench.sh; each
+// configuration runs in its own process so that its peak RSS (ru_maxrss) is its own.
+//
+//   bench_step train MODEL_DIR QUANT B T STEPS [CKPT]   QUANT nf4|none, CKPT 1 (default) | 0
+//   bench_step decode MODEL_DIR QUANT PROMPT NEW
+//   bench_step init OUT_DIR DIM LAYERS HEADS KV_HEADS FFN VOCAB TIED
+//
+// Prints ONE line of key=value pairs (bench.sh parses it). A benchmark, never an assertion.
+// train: rank 8, alpha 16, all seven targets, AdamW (lr 1e-4, wd 0), max-grad-norm 1, random
+// token ids; the first step (arena growth, page faults) is excluded: reported time is the
+// median of the warm steps.
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <sys/resource.h>
+#include "util/util.h"
+#include "autograd/autograd.h"
+#include "model/model.h"
+#include "optim/optim.h"
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + 1e-9 * ts.tv_nsec;
+}
+
+static double peak_rss_mb(void) {
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return ru.ru_maxrss / 1024.0;  // KiB on Linux
+}
+
+static int cmp_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+static int fail(Err *e) {
+    fprintf(stderr, "bench_step: %s\n", e->msg);
+    return 1;
+}
+
+// Useful FLOPs of one training step over tok = B·T tokens (the formula bench.sh states; the
+// checkpointing recompute is not counted, as it is not useful work):
+//   4·N_lin·tok     frozen linears: forward (2) + input gradient (2), no weight gradient
+//   + 4·V·C·tok     lm_head forward + input gradient
+//   + 6·N_lora·tok  LoRA A and B: forward + input gradient + weight gradient
+//   + 6·L·B·T²·H·D  attention: QK^T and AV causal (2·T²·H·D forward), backward twice that
+static double step_flops(const ModelConfig *c, int B, int T, int rank) {
+    double C = c->dim, F = c->hidden_dim, H = c->n_heads, KV = c->n_kv_heads, D = c->head_dim;
+    double nlin = (double)c->n_layers * (C * H * D + 2 * C * KV * D + H * D * C + 3 * C * F);
+    double nlora = (double)c->n_layers * rank *
+                   ((C + H * D) + 2 * (C + KV * D) + (H * D + C) + 2 * (C + F) + (F + C));
+    double tok = (double)B * T;
+    double attn = (double)c->n_layers * B * 2.0 * T * T * H * D * 3.0;
+    return 4.0 * nlin * tok + 4.0 * c->vocab_size * C * tok + 6.0 * nlora * tok + attn;
+}
+
+static int bench_train(const char *dir, const char *quant, int B, int T, int steps, int ckpt) {
+    Err e = {{0}};
+    ModelLoadOptions lo;
+    model_load_options_default(&lo);
+    if (quant_parse(quant, &lo.quant, &e)) return fail(&e);
+    double t0 = now_s();
+    Model *m = model_load_ex(dir, &lo, &e);
+    if (!m) return fail(&e);
+    double t_load = now_s() - t0;
+    LoraAdapter *lora = lora_new(m, 8, 16.0f, (1u << LT_COUNT) - 1, 0.0f, 0, 1, &e);
+    if (!lora) return fail(&e);
+    Tensor *params[1024];
+    int np = lora_params(lora, params, 1024);
+    AdamWConfig ac;
+    adamw_config_default(&ac);
+    AdamW *opt = adamw_new(params, np, &ac, &e);
+    Tape *t = tape_new(&e);
+    if (!opt || !t) return fail(&e);
+    tape_set_recording(t, 1);
+    tape_set_training(t, 1);
+    tape_set_checkpointing(t, ckpt);
+    int n = B * T, V = m->cfg.vocab_size;
+    int *ids = malloc(sizeof(int) * (n + 1));
+    if (!ids) return 1;
+    uint64_t s = 12345;
+    for (int i = 0; i <= n; i++) {
+        s = s * 6364136223846793005ULL + 1442695040888963407ULL;
+        ids[i] = (int)((s >> 33) % (uint64_t)V);
+    }
+    double *dt = calloc(steps, sizeof(double));
+    float loss_v = 0;
+    for (int step = 0; step < steps; step++) {
+        double a = now_s();
+        tape_reset(t);
+        Tensor *loss = model_loss(t, m, lora, ids, ids + 1, B, T, (float)n);
+        loss_v = loss->data[0];
+        tape_backward(t, loss);
+        tape_reset(t);
+        grads_clip_global_norm(params, np, 1.0f);
+        adamw_step(opt, 1e-4f);
+        adamw_zero_grad(opt);
+        dt[step] = now_s() - a;
+        fprintf(stderr, "  step %d: %.3f s (loss %.4f)\n", step, dt[step], loss_v);
+    }
+    int warm = steps > 1 ? steps - 1 : 1;
+    qsort(dt + (steps > 1), warm, sizeof(double), cmp_double);
+    double med = dt[(steps > 1) + warm / 2];
+    double fl = step_flops(&m->cfg, B, T, 8);
+    printf("mode=train quant=%s B=%d T=%d ckpt=%d step_s=%.4f first_s=%.4f tok_s=%.2f gflops=%.2f "
+           "peak_rss_mb=%.1f load_s=%.2f loss=%.4f arena_mb=%.1f step_gflop=%.1f\n",
+           quant, B, T, ckpt, med, dt[0], n / med, fl / med / 1e9, peak_rss_mb(), t_load, loss_v,
+           tape_arena_bytes(t) / 1048576.0, fl / 1e9);
+    free(dt);
+    free(ids);
+    tape_free(t);
+    adamw_free(opt);
+    lora_free(lora);
+    model_free(m);
+    return 0;
+}
+
+static int bench_decode(const char *dir, const char *quant, int prompt, int nnew) {
+    Err e = {{0}};
+    ModelLoadOptions lo;
+    model_load_options_default(&lo);
+    if (quant_parse(quant, &lo.quant, &e)) return fail(&e);
+    Model *m = model_load_ex(dir, &lo, &e);
+    if (!m) return fail(&e);
+    Tape *t = tape_new(&e);
+    KVCache *kv = t ? kv_new(&m->cfg, prompt + nnew, &e) : NULL;
+    if (!kv) return fail(&e);
+    tape_set_recording(t, 0);
+    int *ids = malloc(sizeof(int) * (prompt + nnew));
+    for (int i = 0; i < prompt + nnew; i++) ids[i] = (i * 7919 + 13) % m->cfg.vocab_size;
+    tape_reset(t);
+    double a = now_s();
+    model_forward(t, m, NULL, ids, 1, prompt, kv, 1);
+    double t_prefill = now_s() - a;
+    a = now_s();
+    for (int i = 0; i < nnew; i++) {
+        tape_reset(t);
+        Tensor *lg = model_forward(t, m, NULL, ids + prompt + i, 1, 1, kv, 1);
+        int best = 0;  // greedy pick: the logits are read, the next input is the pick
+        for (int v = 1; v < m->cfg.vocab_size; v++)
+            if (lg->data[v] > lg->data[best]) best = v;
+        if (i + 1 < nnew) ids[prompt + i + 1] = best;
+    }
+    double dt = now_s() - a;
+    MemoryPlan p;
+    model_memory_plan(m, NULL, 0, 1, 1, &p);
+    double bytes = (double)p.linear + (double)p.lm_head + (double)p.norms;  // streamed per token
+    printf("mode=decode quant=%s prompt=%d new=%d prefill_tok_s=%.2f tok_s=%.3f weight_mb=%.1f "
+           "gb_s=%.2f peak_rss_mb=%.1f\n",
+           quant, prompt, nnew, prompt / t_prefill, nnew / dt, bytes / 1048576.0, bytes * nnew / dt / 1e9,
+           peak_rss_mb());
+    free(ids);
+    kv_free(kv);
+    tape_free(t);
+    model_free(m);
+    return 0;
+}
+
+// Writes the random-weight model bench.sh times (as `lora init-model`, std 0.02, seed 1).
+static int bench_init(char **a) {
+    Err e = {{0}};
+    ModelConfig c;
+    model_config_default(&c, atoi(a[1]), atoi(a[5]), atoi(a[2]), atoi(a[3]), atoi(a[4]), atoi(a[6]), 2048);
+    c.tied_embeddings = atoi(a[7]);
+    if (model_write_random(&c, 1, 0.02f, a[0], &e)) return fail(&e);
+    return 0;
+}
+
+int main(int argc, char **argv) {
+    if (argc == 10 && !strcmp(argv[1], "init")) return bench_init(argv + 2);
+    if (argc >= 7 && !strcmp(argv[1], "train"))
+        return bench_train(argv[2], argv[3], atoi(argv[4]), atoi(argv[5]), atoi(argv[6]),
+                           argc > 7 ? atoi(argv[7]) : 1);
+    if (argc >= 6 && !strcmp(argv[1], "decode"))
+        return bench_decode(argv[2], argv[3], atoi(argv[4]), atoi(argv[5]));
+    fprintf(stderr, "usage: bench_step train MODEL_DIR nf4|none B T STEPS [CKPT 1|0]\n"
+                    "       bench_step decode MODEL_DIR nf4|none PROMPT NEW\n"
+                    "       bench_step init OUT_DIR DIM LAYERS HEADS KV_HEADS FFN VOCAB TIED\n");
+    return 2;
+}
