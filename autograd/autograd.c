@@ -33,6 +33,7 @@ struct Tape {
     size_t scratch_n[SCR_COUNT];
     Tape *root;               // the outermost tape (owner of the scratch); itself at the top
     Tape *sub;                // sub-tape for op_checkpoint, created on first use
+    Profile *prof;            // root only: per-op wall times (NULL = not profiling)
     // gradient buffers (arena memory, valid until tape_reset) free for reuse: pointer, floats
     float *pool[GRAD_POOL];
     int64_t pool_n[GRAD_POOL];
@@ -141,6 +142,7 @@ void weight_row_f32(const Weight *w, int64_t r, float *out) {
         break;
     }
     case WT_NF4: nf4_dequant_rows(w->data, r, 1, out); break;
+    case WT_GGQ: ggq_dequant_rows(w->data, r, 1, out); break;
     default: die_internal("weight %s: unknown type %d", w->name ? w->name : "", (int)w->type);
     }
 }
@@ -150,6 +152,7 @@ size_t weight_bytes(const Weight *w) {
     case WT_F32: return (size_t)(w->rows * w->cols) * sizeof(float);
     case WT_BF16: return (size_t)(w->rows * w->cols) * sizeof(uint16_t);
     case WT_NF4: return nf4_bytes(w->data) + sizeof(Nf4Matrix);
+    case WT_GGQ: return ggq_bytes(w->data) + sizeof(GgqMatrix);
     default: return 0;
     }
 }
@@ -159,6 +162,7 @@ const char *weight_type_name(WeightType t) {
     case WT_F32: return "f32";
     case WT_BF16: return "bf16";
     case WT_NF4: return "nf4";
+    case WT_GGQ: return "ggml";
     default: return "?";
     }
 }
@@ -177,6 +181,7 @@ Tape *tape_new(Err *e) {
 void tape_free(Tape *t) {
     if (!t) return;
     tape_free(t->sub);
+    if (t->root == t) profile_free(t->prof);
     for (int i = 0; i < t->nblocks; i++) free(t->blocks[i].mem);
     free(t->blocks);
     for (int i = 0; i < SCR_COUNT; i++) free(t->scratch[i]);
@@ -197,6 +202,33 @@ int tape_training(const Tape *t) { return t->training; }
 Rng *tape_rng(Tape *t) { return &t->rng; }
 void tape_seed(Tape *t, uint64_t seed) { rng_seed(&t->rng, seed); }
 size_t tape_arena_bytes(const Tape *t) { return t->high_water + (t->sub ? tape_arena_bytes(t->sub) : 0); }
+void tape_set_profile(Tape *t, int on) {
+    Tape *r = t->root;
+    if (on && !r->prof) {
+        r->prof = profile_new();
+        if (!r->prof) die_internal("out of memory: profile");
+    } else if (!on) {
+        profile_free(r->prof);
+        r->prof = NULL;
+    }
+}
+int tape_profiling(const Tape *t) { return t->root->prof != NULL; }
+void tape_profile_add(Tape *t, const char *section, double seconds) {
+    if (t->root->prof) profile_section_add(t->root->prof, section, seconds);
+}
+void tape_profile_print(const Tape *t, FILE *f) {
+    if (t->root->prof) profile_print(t->root->prof, f);
+}
+double tape_profile_now(void) { return prof_now(); }
+void tape_profile_pause(Tape *t, int paused) {
+    if (t->root->prof) profile_pause(t->root->prof, paused);
+}
+double tape_prof_begin(Tape *t, const char *op) {
+    return t->root->prof ? profile_op_begin(t->root->prof, op) : 0.0;
+}
+void tape_prof_end(Tape *t, double t0) {
+    if (t->root->prof) profile_op_end(t->root->prof, t0);
+}
 void tape_set_checkpointing(Tape *t, int on) { t->checkpointing = on ? 1 : 0; }
 int tape_checkpointing(const Tape *t) { return t->checkpointing; }
 
@@ -268,6 +300,7 @@ Node *tape_record(Tape *t, BackwardFn backward, Tensor *out) {
     memset(n, 0, sizeof *n);
     n->backward = backward;
     n->out = out;
+    if (t->root->prof) n->op = profile_current(t->root->prof);
     n->prev = t->last;
     t->last = n;
     return n;
@@ -332,6 +365,21 @@ static void zero_stale_grad(Tensor *x) {
     if (x && x->grad && !x->is_param) memset(x->grad, 0, (size_t)x->n * sizeof(float));
 }
 
+static void checkpoint_node_backward(Tape *t, const Node *n);
+
+// n's backward, timed under its op name when profiling (a checkpoint node is not: the ops it
+// re-runs and back-propagates through are timed themselves)
+static void run_backward(Tape *t, const Node *n) {
+    Profile *p = t->root->prof;
+    if (!p || n->backward == checkpoint_node_backward) {
+        n->backward(t, n);
+        return;
+    }
+    double t0 = prof_now();
+    n->backward(t, n);
+    profile_backward_add(p, n->op, prof_now() - t0);
+}
+
 void tape_backward(Tape *t, Tensor *loss) {
     if (loss->n != 1) die_internal("tape_backward: loss has %lld elements, not 1", (long long)loss->n);
     if (!loss->requires_grad) return;  // nothing recorded leads to it
@@ -342,8 +390,11 @@ void tape_backward(Tape *t, Tensor *loss) {
         for (int i = 0; i < 3; i++) zero_stale_grad(n->in[i]);
     }
     tape_grad(t, loss)[0] += 1.0f;
+    Profile *p = t->root->prof;
+    if (p) profile_set_backward(p, 1);
     for (Node *n = t->last; n; n = n->prev)
-        if (n->out->grad) n->backward(t, n);
+        if (n->out->grad) run_backward(t, n);
+    if (p) profile_set_backward(p, 0);
 }
 
 // ---- gradient checkpointing -------------------------------------------------------------------
@@ -385,7 +436,7 @@ static void checkpoint_node_backward(Tape *t, const Node *n) {
     if (y->requires_grad) {
         y->grad = n->out->grad;
         for (Node *m = s->last; m; m = m->prev) {
-            if (m->out->grad) m->backward(s, m);
+            if (m->out->grad) run_backward(s, m);
             // every consumer of m->out was recorded after m and has run: its gradient is dead
             if (m->out != y && m->out != x) pool_put(s, m->out);
         }

@@ -14,6 +14,7 @@
 // Frozen base weights are not Tensors but Weights: a matrix (rows=OC, cols=C) in some
 // storage type, used as y = x Wᵀ. Only an input gradient flows through a Weight.
 #pragma once
+#include <stdio.h>
 #include <stdint.h>
 #include <stddef.h>
 #include "util/util.h"
@@ -46,6 +47,8 @@ typedef enum {
     WT_F32 = 0,   // data: float[rows*cols]
     WT_BF16 = 1,  // data: uint16_t[rows*cols] (bf16)
     WT_NF4 = 2,   // data: Nf4Matrix * (quant/quant.h); owns_data: nf4_free + free in weight_free
+    WT_GGQ = 3,   // data: GgqMatrix * (quant/quant.h), ggml blocks (Q8_0, Q4_K, ...) of a GGUF
+                  // base; owns_data: one allocation holding the struct and the blocks
 } WeightType;
 
 typedef struct {
@@ -81,6 +84,18 @@ size_t tape_arena_bytes(const Tape *t);    // high-water mark of the arena (+ it
 // Backward from a scalar (n == 1) tensor: seeds dloss = 1 and accumulates into every
 // tensor with requires_grad (parameters accumulate across calls until tensor_zero_grad).
 void tape_backward(Tape *t, Tensor *loss);
+
+// ---- profiling (`lora train --profile`) -----------------------------------------------------
+// Off by default (each op then pays one pointer test). On: the wall time of every op's forward,
+// of its re-run inside a checkpoint's backward ("recompute") and of its backward is
+// accumulated per op type on t (and its sub-tapes) until tape_set_profile(t, 0) or tape_free;
+// sections the caller times itself (optimizer, data, eval) are added with tape_profile_add.
+void tape_set_profile(Tape *t, int on);
+int tape_profiling(const Tape *t);
+void tape_profile_add(Tape *t, const char *section, double seconds);  // section: static string
+void tape_profile_print(const Tape *t, FILE *f);  // the table, largest total first
+void tape_profile_pause(Tape *t, int paused);     // 1: ops not timed (e.g. inside a section)
+double tape_profile_now(void);                     // monotonic seconds, for the sections
 
 // ---- gradient checkpointing: sub-tapes ----------------------------------------------------
 // Every tape owns (lazily) one sub-tape: a second arena and node list, rewound and reused
@@ -164,6 +179,13 @@ Tensor *op_attention(Tape *t, Tensor *q, Tensor *k, Tensor *v, int64_t B, int64_
 
 // gate (N,F), up (N,F) -> out (N,F)     out = silu(gate) · up
 Tensor *op_swiglu(Tape *t, Tensor *gate, Tensor *up);
+
+// gate (N,F), up (N,F) -> out (N,F)     out = gelu_tanh(gate) · up   (GeGLU, Gemma)
+//   gelu_tanh(x) = x/2 · (1 + tanh(sqrt(2/π) (x + 0.044715 x³)))   (gelu_pytorch_tanh)
+Tensor *op_geglu(Tape *t, Tensor *gate, Tensor *up);
+
+// x (N,C), b (C) -> out (N,C)            out = x + b (broadcast over rows; b may be frozen)
+Tensor *op_add_bias(Tape *t, Tensor *x, Tensor *b);
 
 // a (N,C), b (N,C) -> out (N,C)         out = a + b
 Tensor *op_add(Tape *t, Tensor *a, Tensor *b);

@@ -19,6 +19,7 @@ struct Node {
     void *saved[2];           // op-specific buffers (probabilities, masks, ...)
     float f[2];               // op-specific scalars (scale, dropout p, eps, norm, ...)
     int64_t d[8];             // op-specific sizes
+    const char *op;           // op name, set while profiling (else NULL)
 };
 
 // An output tensor on the tape; requires_grad = any_input_rg && recording.
@@ -32,3 +33,20 @@ float *tape_grad(Tape *t, Tensor *x);
 // Reusable scratch buffers kept across tape_reset (contents undefined between ops).
 enum { SCR_WTILE, SCR_A, SCR_B, SCR_C, SCR_COUNT };
 float *tape_scratch(Tape *t, int slot, size_t nfloats);
+
+// ---- profiling (profile.c) --------------------------------------------------------------------
+typedef struct Profile Profile;
+Profile *profile_new(void);
+void profile_free(Profile *p);
+double prof_now(void);
+double profile_op_begin(Profile *p, const char *op);
+void profile_op_end(Profile *p, double t0);
+const char *profile_current(const Profile *p);     // the outermost op running (NULL if none)
+void profile_backward_add(Profile *p, const char *op, double dt);
+void profile_set_backward(Profile *p, int on);
+void profile_section_add(Profile *p, const char *name, double dt);
+void profile_pause(Profile *p, int paused);
+void profile_print(const Profile *p, FILE *f);
+// Around each public op (ops.c): a no-op returning 0 when profiling is off.
+double tape_prof_begin(Tape *t, const char *op);
+void tape_prof_end(Tape *t, double t0);

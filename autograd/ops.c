@@ -54,7 +54,7 @@ static void embedding_node_backward(Tape *t, const Node *n) {
     embedding_backward(tape_grad(t, table), n->out->grad, n->saved[0], n->d[0], n->d[1]);
 }
 
-Tensor *op_embedding(Tape *t, Tensor *table, const int *ids, int64_t N) {
+static Tensor *op_embedding_run(Tape *t, Tensor *table, const int *ids, int64_t N) {
     if (table->ndim != 2) die_internal("op_embedding: table %s is not 2-D", table->name ? table->name : "");
     int64_t V = table->shape[0], C = table->shape[1];
     for (int64_t i = 0; i < N; i++)
@@ -73,8 +73,15 @@ Tensor *op_embedding(Tape *t, Tensor *table, const int *ids, int64_t N) {
     return out;
 }
 
+Tensor *op_embedding(Tape *t, Tensor *table, const int *ids, int64_t N) {
+    double t0 = tape_prof_begin(t, "embedding");
+    Tensor *out = op_embedding_run(t, table, ids, N);
+    tape_prof_end(t, t0);
+    return out;
+}
+
 // table (V,C) any storage, ids (N) -> out (N,C)
-Tensor *op_embedding_weight(Tape *t, const Weight *table, const int *ids, int64_t N) {
+static Tensor *op_embedding_weight_run(Tape *t, const Weight *table, const int *ids, int64_t N) {
     int64_t V = table->rows, C = table->cols;
     for (int64_t i = 0; i < N; i++)
         if (ids[i] < 0 || ids[i] >= V)
@@ -83,6 +90,13 @@ Tensor *op_embedding_weight(Tape *t, const Weight *table, const int *ids, int64_
     Tensor *out = tape_result(t, 2, shape, 0);
 #pragma omp parallel for schedule(static) if (N * C >= 32768)
     for (int64_t i = 0; i < N; i++) weight_row_f32(table, ids[i], out->data + i * C);
+    return out;
+}
+
+Tensor *op_embedding_weight(Tape *t, const Weight *table, const int *ids, int64_t N) {
+    double t0 = tape_prof_begin(t, "embedding_weight");
+    Tensor *out = op_embedding_weight_run(t, table, ids, N);
+    tape_prof_end(t, t0);
     return out;
 }
 
@@ -107,6 +121,10 @@ static const float *weight_rows(Tape *t, const Weight *w, int64_t r0, int64_t nr
     float *dst = tape_scratch(t, SCR_WTILE, (size_t)(nr * C));
     if (w->type == WT_NF4) {
         nf4_dequant_rows(w->data, r0, nr, dst);
+        return dst;
+    }
+    if (w->type == WT_GGQ) {
+        ggq_dequant_rows(w->data, r0, nr, dst);
         return dst;
     }
     if (w->type != WT_BF16) die_internal("weight %s: unknown type %d", w->name ? w->name : "", (int)w->type);
@@ -156,6 +174,12 @@ void weight_matmul_xwt(Tape *t, const Weight *w, const float *x, int64_t N, floa
             die_internal("nf4_matmul_xwt failed with a scratch buffer");
         return;
     }
+    if (w->type == WT_GGQ) {
+        const GgqMatrix *m = w->data;
+        if (ggq_matmul_xwt(x, N, m, out, 0, tape_scratch(t, SCR_WTILE, ggq_scratch_floats(m)), NULL))
+            die_internal("ggq_matmul_xwt failed with a scratch buffer");
+        return;
+    }
     if (w->type == WT_BF16 && N <= BF16_GEMV_MAX_N) {
         bf16_gemv(out, x, w->data, N, OC, C);
         return;
@@ -176,6 +200,12 @@ void weight_matmul_dyw(Tape *t, const Weight *w, const float *dout, int64_t N, f
         const Nf4Matrix *m = w->data;
         if (nf4_matmul_dyw(dout, N, m, dx, 1, tape_scratch(t, SCR_WTILE, nf4_scratch_floats(m)), NULL))
             die_internal("nf4_matmul_dyw failed with a scratch buffer");
+        return;
+    }
+    if (w->type == WT_GGQ) {
+        const GgqMatrix *m = w->data;
+        if (ggq_matmul_dyw(dout, N, m, dx, 1, tape_scratch(t, SCR_WTILE, ggq_scratch_floats(m)), NULL))
+            die_internal("ggq_matmul_dyw failed with a scratch buffer");
         return;
     }
     int64_t tr = weight_tile_rows(w, WTILE_FLOATS);
@@ -252,7 +282,7 @@ static void lora_linear_node_backward(Tape *t, const Node *n) {
     }
 }
 
-Tensor *op_lora_linear(Tape *t, Tensor *x, const Weight *w, Tensor *A, Tensor *B, float scale,
+static Tensor *op_lora_linear_run(Tape *t, Tensor *x, const Weight *w, Tensor *A, Tensor *B, float scale,
                        float dropout_p) {
     int64_t C = tensor_cols(x), N = tensor_rows(x), OC = w->rows;
     if (w->cols != C)
@@ -305,6 +335,14 @@ Tensor *op_lora_linear(Tape *t, Tensor *x, const Weight *w, Tensor *A, Tensor *B
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)N, (int)OC, (int)r, scale, h, (int)r, B->data,
                 (int)r, 1.0f, out->data, (int)OC);
     if (n) n->saved[0] = h;
+    return out;
+}
+
+Tensor *op_lora_linear(Tape *t, Tensor *x, const Weight *w, Tensor *A, Tensor *B, float scale,
+                       float dropout_p) {
+    double t0 = tape_prof_begin(t, "linear");
+    Tensor *out = op_lora_linear_run(t, x, w, A, B, scale, dropout_p);
+    tape_prof_end(t, t0);
     return out;
 }
 
@@ -367,7 +405,7 @@ static void rmsnorm_node_backward(Tape *t, const Node *n) {
                      n->d[0], n->d[1]);
 }
 
-Tensor *op_rmsnorm(Tape *t, Tensor *x, Tensor *w, float eps) {
+static Tensor *op_rmsnorm_run(Tape *t, Tensor *x, Tensor *w, float eps) {
     int64_t C = tensor_cols(x), N = tensor_rows(x);
     if (w->n != C)
         die_internal("op_rmsnorm: norm weight %s has %lld elements, x has %lld columns",
@@ -383,6 +421,13 @@ Tensor *op_rmsnorm(Tape *t, Tensor *x, Tensor *w, float eps) {
         n->d[0] = N;
         n->d[1] = C;
     }
+    return out;
+}
+
+Tensor *op_rmsnorm(Tape *t, Tensor *x, Tensor *w, float eps) {
+    double t0 = tape_prof_begin(t, "rmsnorm");
+    Tensor *out = op_rmsnorm_run(t, x, w, eps);
+    tape_prof_end(t, t0);
     return out;
 }
 
@@ -430,7 +475,7 @@ static void rope_node_backward(Tape *t, const Node *n) {
                 (RopeStyle)n->d[4], -1.0f, 1);
 }
 
-Tensor *op_rope(Tape *t, Tensor *x, int64_t B, int64_t T, int H, int D, int pos0, const float *inv_freq,
+static Tensor *op_rope_run(Tape *t, Tensor *x, int64_t B, int64_t T, int H, int D, int pos0, const float *inv_freq,
                 RopeStyle style) {
     if (D % 2 || x->n != B * T * H * D)
         die_internal("op_rope: %s has %lld elements, not B*T*H*D = %lld*%lld*%d*%d",
@@ -456,6 +501,14 @@ Tensor *op_rope(Tape *t, Tensor *x, int64_t B, int64_t T, int H, int D, int pos0
         n->d[3] = D;
         n->d[4] = style;
     }
+    return out;
+}
+
+Tensor *op_rope(Tape *t, Tensor *x, int64_t B, int64_t T, int H, int D, int pos0, const float *inv_freq,
+                RopeStyle style) {
+    double t0 = tape_prof_begin(t, "rope");
+    Tensor *out = op_rope_run(t, x, B, T, H, D, pos0, inv_freq, style);
+    tape_prof_end(t, t0);
     return out;
 }
 
@@ -605,7 +658,7 @@ static void attention_node_backward(Tape *t, const Node *n) {
                        (int)n->d[6]);
 }
 
-Tensor *op_attention(Tape *t, Tensor *q, Tensor *k, Tensor *v, int64_t B, int64_t Tq, int64_t Tk, int H, int KVH,
+static Tensor *op_attention_run(Tape *t, Tensor *q, Tensor *k, Tensor *v, int64_t B, int64_t Tq, int64_t Tk, int H, int KVH,
                      int D, int window) {
     if (KVH <= 0 || H % KVH || Tk < Tq || Tq <= 0 || q->n != B * Tq * H * D || k->n != B * Tk * KVH * D ||
         v->n != B * Tk * KVH * D)
@@ -626,6 +679,14 @@ Tensor *op_attention(Tape *t, Tensor *q, Tensor *k, Tensor *v, int64_t B, int64_
         int64_t d[7] = {B, Tq, Tk, H, KVH, D, window};
         memcpy(n->d, d, sizeof d);
     }
+    return out;
+}
+
+Tensor *op_attention(Tape *t, Tensor *q, Tensor *k, Tensor *v, int64_t B, int64_t Tq, int64_t Tk, int H, int KVH,
+                     int D, int window) {
+    double t0 = tape_prof_begin(t, "attention");
+    Tensor *out = op_attention_run(t, q, k, v, B, Tq, Tk, H, KVH, D, window);
+    tape_prof_end(t, t0);
     return out;
 }
 
@@ -666,9 +727,103 @@ static Tensor *elementwise_pair(Tape *t, Tensor *a, Tensor *b, BackwardFn backwa
     return out;
 }
 
-Tensor *op_swiglu(Tape *t, Tensor *gate, Tensor *up) {
+static Tensor *op_swiglu_run(Tape *t, Tensor *gate, Tensor *up) {
     Tensor *out = elementwise_pair(t, gate, up, swiglu_node_backward, "op_swiglu");
     swiglu_forward(out->data, gate->data, up->data, gate->n);
+    return out;
+}
+
+Tensor *op_swiglu(Tape *t, Tensor *gate, Tensor *up) {
+    double t0 = tape_prof_begin(t, "swiglu");
+    Tensor *out = op_swiglu_run(t, gate, up);
+    tape_prof_end(t, t0);
+    return out;
+}
+
+// ---- GeGLU (tanh-approximated gelu) --------------------------------------------------------
+
+#define GELU_K 0.7978845608028654f  // sqrt(2/π)
+#define GELU_C 0.044715f
+
+// gate (n), up (n) -> out (n)      out = gelu_tanh(gate) · up
+static void geglu_forward(float *out, const float *g, const float *u, int64_t n) {
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < n; i++) {
+        float x = g[i];
+        out[i] = 0.5f * x * (1.0f + tanhf(GELU_K * (x + GELU_C * x * x * x))) * u[i];
+    }
+}
+
+// dout, gate, up (n) -> dgate +=, dup += (NULL = not needed)
+//   th = tanh(k(x + c x³)): gelu' = ½(1 + th) + ½ x (1 - th²) k (1 + 3c x²)
+static void geglu_backward(float *dg, float *du, const float *dout, const float *g, const float *u, int64_t n) {
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < n; i++) {
+        float x = g[i], th = tanhf(GELU_K * (x + GELU_C * x * x * x));
+        if (dg) dg[i] += dout[i] * u[i] * (0.5f * (1.0f + th) + 0.5f * x * (1.0f - th * th) * GELU_K * (1.0f + 3.0f * GELU_C * x * x));
+        if (du) du[i] += dout[i] * 0.5f * x * (1.0f + th);
+    }
+}
+
+static void geglu_node_backward(Tape *t, const Node *n) {
+    Tensor *g = n->in[0], *u = n->in[1];
+    geglu_backward(tape_grad(t, g), tape_grad(t, u), n->out->grad, g->data, u->data, g->n);
+}
+
+static Tensor *op_geglu_run(Tape *t, Tensor *gate, Tensor *up) {
+    Tensor *out = elementwise_pair(t, gate, up, geglu_node_backward, "op_geglu");
+    geglu_forward(out->data, gate->data, up->data, gate->n);
+    return out;
+}
+
+Tensor *op_geglu(Tape *t, Tensor *gate, Tensor *up) {
+    double t0 = tape_prof_begin(t, "geglu");
+    Tensor *out = op_geglu_run(t, gate, up);
+    tape_prof_end(t, t0);
+    return out;
+}
+
+// ---- bias -----------------------------------------------------------------------------------
+
+// x (N,C), b (C) -> out (N,C)      out = x + b
+static void add_bias_forward(float *out, const float *x, const float *b, int64_t N, int64_t C) {
+#pragma omp parallel for schedule(static) if (N * C >= 16384)
+    for (int64_t i = 0; i < N; i++)
+        for (int64_t c = 0; c < C; c++) out[i * C + c] = x[i * C + c] + b[c];
+}
+
+// dout (N,C) -> dx (N,C) +=, db (C) += Σ_rows dout (NULL = not needed)
+static void add_bias_backward(float *dx, float *db, const float *dout, int64_t N, int64_t C) {
+    if (dx)
+#pragma omp parallel for schedule(static) if (N * C >= 16384)
+        for (int64_t i = 0; i < N * C; i++) dx[i] += dout[i];
+    if (db)
+        for (int64_t i = 0; i < N; i++)
+            for (int64_t c = 0; c < C; c++) db[c] += dout[i * C + c];
+}
+
+static void add_bias_node_backward(Tape *t, const Node *n) {
+    int64_t C = tensor_cols(n->out);
+    add_bias_backward(tape_grad(t, n->in[0]), tape_grad(t, n->in[1]), n->out->grad, n->out->n / C, C);
+}
+
+static Tensor *op_add_bias_run(Tape *t, Tensor *x, Tensor *b) {
+    int64_t C = tensor_cols(x);
+    if (b->n != C) die_internal("op_add_bias: bias of %lld for %lld columns", (long long)b->n, (long long)C);
+    Tensor *out = tape_result(t, x->ndim, x->shape, any_rg(x, b, NULL));
+    Node *n = tape_record(t, add_bias_node_backward, out);
+    if (n) {
+        n->in[0] = x;
+        n->in[1] = b;
+    }
+    add_bias_forward(out->data, x->data, b->data, x->n / C, C);
+    return out;
+}
+
+Tensor *op_add_bias(Tape *t, Tensor *x, Tensor *b) {
+    double t0 = tape_prof_begin(t, "add_bias");
+    Tensor *out = op_add_bias_run(t, x, b);
+    tape_prof_end(t, t0);
     return out;
 }
 
@@ -692,9 +847,16 @@ static void add_node_backward(Tape *t, const Node *n) {
     add_backward(tape_grad(t, n->in[1]), n->out->grad, n->out->n);
 }
 
-Tensor *op_add(Tape *t, Tensor *a, Tensor *b) {
+static Tensor *op_add_run(Tape *t, Tensor *a, Tensor *b) {
     Tensor *out = elementwise_pair(t, a, b, add_node_backward, "op_add");
     add_forward(out->data, a->data, b->data, a->n);
+    return out;
+}
+
+Tensor *op_add(Tape *t, Tensor *a, Tensor *b) {
+    double t0 = tape_prof_begin(t, "add");
+    Tensor *out = op_add_run(t, a, b);
+    tape_prof_end(t, t0);
     return out;
 }
 
@@ -738,7 +900,7 @@ static void cross_entropy_node_backward(Tape *t, const Node *n) {
                            n->d[0], n->d[1], n->f[0]);
 }
 
-Tensor *op_cross_entropy(Tape *t, Tensor *logits, const int *targets, float norm) {
+static Tensor *op_cross_entropy_run(Tape *t, Tensor *logits, const int *targets, float norm) {
     int64_t V = tensor_cols(logits), N = tensor_rows(logits);
     for (int64_t i = 0; i < N; i++)
         if (targets[i] >= V)
@@ -762,6 +924,13 @@ Tensor *op_cross_entropy(Tape *t, Tensor *logits, const int *targets, float norm
         n->d[1] = V;
         n->f[0] = norm;
     }
+    return out;
+}
+
+Tensor *op_cross_entropy(Tape *t, Tensor *logits, const int *targets, float norm) {
+    double t0 = tape_prof_begin(t, "cross_entropy");
+    Tensor *out = op_cross_entropy_run(t, logits, targets, norm);
+    tape_prof_end(t, t0);
     return out;
 }
 
@@ -870,7 +1039,7 @@ static void lce_node_backward(Tape *t, const Node *n) {
     }
 }
 
-Tensor *op_linear_cross_entropy(Tape *t, Tensor *x, const Weight *w, const int *targets, float norm) {
+static Tensor *op_linear_cross_entropy_run(Tape *t, Tensor *x, const Weight *w, const int *targets, float norm) {
     int64_t C = tensor_cols(x), N = tensor_rows(x), V = w->rows;
     if (w->cols != C)
         die_internal("op_linear_cross_entropy: x has %lld columns, weight %s has %lld", (long long)C,
@@ -912,5 +1081,12 @@ Tensor *op_linear_cross_entropy(Tape *t, Tensor *x, const Weight *w, const int *
         n->d[1] = C;
         n->f[0] = norm;
     }
+    return out;
+}
+
+Tensor *op_linear_cross_entropy(Tape *t, Tensor *x, const Weight *w, const int *targets, float norm) {
+    double t0 = tape_prof_begin(t, "linear_cross_entropy");
+    Tensor *out = op_linear_cross_entropy_run(t, x, w, targets, norm);
+    tape_prof_end(t, t0);
     return out;
 }

@@ -29,6 +29,9 @@ SB=${BENCH_STEPS_BIG:-2}
 TO=${BENCH_TIMEOUT:-900}
 GBS=${BENCH_MEM_GBS:-49}
 LOG=$BUILD/bench/bench.log
+# as `lora` itself does (train/main.c): waiting OpenMP threads sleep instead of spinning, which
+# matters whenever anything else runs on the machine; applied to PyTorch's libgomp too
+export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-passive}
 mkdir -p "$MD" "$BUILD/bench"
 : > "$LOG"
 
@@ -36,7 +39,7 @@ mkdir -p "$MD" "$BUILD/bench"
 
 echo "== lora.c bench  $(date -u +%FT%TZ)  $(nproc) cores: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2)"
 echo "   load now: $(cut -d' ' -f1-3 /proc/loadavg) (other processes on the machine skew the timings)"
-echo "   OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-unset} OMP_NUM_THREADS=${OMP_NUM_THREADS:-unset}; log: $LOG"
+echo "   OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-unset} OMP_NUM_THREADS=${OMP_NUM_THREADS:-unset} OMP_WAIT_POLICY=$OMP_WAIT_POLICY; log: $LOG"
 
 # init DIR DIM LAYERS HEADS KV FFN VOCAB TIED
 init_model() {
@@ -65,7 +68,7 @@ run() {
     echo "$out" >> "$LOG"
     out=$(grep '^mode=' <<< "$out" | tail -1)
     if [ $rc -ne 0 ] || [ -z "$out" ]; then R[$name]="failed rc=$rc"; else R[$name]=$out; fi
-    printf '   %-28s %s\n' "$name" "$(kv "${R[$name]}" step_s)s/step" >&2
+    printf '   %-28s %s\n' "$name" "$(kv "${R[$name]}" step_s)s/step (load after: $(cut -d' ' -f1 /proc/loadavg))" >&2
 }
 
 fmt() { awk -v x="$1" -v f="$2" 'BEGIN{ if (x == "") print "-"; else printf f, x }'; }

@@ -6,6 +6,7 @@
 //   bench_step decode MODEL_DIR QUANT PROMPT NEW
 //   bench_step init OUT_DIR DIM LAYERS HEADS KV_HEADS FFN VOCAB TIED
 //
+// BENCH_PROFILE=1: also the per-op wall-time table (all steps) on stderr.
 // Prints ONE line of key=value pairs (bench.sh parses it). A benchmark, never an assertion.
 // train: rank 8, alpha 16, all seven targets, AdamW (lr 1e-4, wd 0), max-grad-norm 1, random
 // token ids; the first step (arena growth, page faults) is excluded: reported time is the
@@ -79,6 +80,8 @@ static int bench_train(const char *dir, const char *quant, int B, int T, int ste
     tape_set_recording(t, 1);
     tape_set_training(t, 1);
     tape_set_checkpointing(t, ckpt);
+    int prof = getenv("BENCH_PROFILE") != NULL;  // per-op table on stderr (as lora train --profile)
+    tape_set_profile(t, prof);
     int n = B * T, V = m->cfg.vocab_size;
     int *ids = malloc(sizeof(int) * (n + 1));
     if (!ids) return 1;
@@ -96,12 +99,15 @@ static int bench_train(const char *dir, const char *quant, int B, int T, int ste
         loss_v = loss->data[0];
         tape_backward(t, loss);
         tape_reset(t);
+        double t_opt = now_s();
         grads_clip_global_norm(params, np, 1.0f);
         adamw_step(opt, 1e-4f);
         adamw_zero_grad(opt);
+        tape_profile_add(t, "optimizer (AdamW+clip)", now_s() - t_opt);
         dt[step] = now_s() - a;
         fprintf(stderr, "  step %d: %.3f s (loss %.4f)\n", step, dt[step], loss_v);
     }
+    if (prof) tape_profile_print(t, stderr);
     int warm = steps > 1 ? steps - 1 : 1;
     qsort(dt + (steps > 1), warm, sizeof(double), cmp_double);
     double med = dt[(steps > 1) + warm / 2];

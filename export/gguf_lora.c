@@ -50,6 +50,9 @@ static float llama_cpp_scale(float alpha, int rank) { return alpha != 0.0f ? alp
 
 int adapter_save_gguf(const LoraAdapter *a, const Model *m, const char *path, Err *e) {
     const ModelConfig *c = &m->cfg;
+    if (strcmp(c->arch, "llama"))  // tensor names and the q/k row order below are llama's
+        return err_set(e, "GGUF adapter export supports llama models only (this one is \"%s\"); "
+                          "use the PEFT adapter", c->arch);
     if (a->n_layers != c->n_layers)
         return err_set(e, "adapter has %d layers but the model %d", a->n_layers, c->n_layers);
     // what B must be multiplied by so that llama.cpp's alpha/r gives our scale
@@ -123,6 +126,9 @@ static int check_adapter_meta(const Gguf *g, const Model *m, const char *path, f
                        type ? type : "(missing)");
     if (!at || strcmp(at, "lora"))
         return err_set(e, "%s: adapter.type is \"%s\", expected \"lora\"", path, at ? at : "(missing)");
+    if (strcmp(m->cfg.arch, "llama"))
+        return err_set(e, "%s: GGUF adapters are supported for llama models only (this one is \"%s\")", path,
+                       m->cfg.arch);
     if (!arch || strcmp(arch, m->cfg.arch))
         return err_set(e, "%s: adapter for architecture \"%s\", but the model is \"%s\"", path,
                        arch ? arch : "(missing)", m->cfg.arch);

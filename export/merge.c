@@ -280,8 +280,7 @@ int merged_save_gguf(const Model *m, GgmlType type, const char *vocab, const cha
         rc = g ? copy_gguf_vocab(w, g, vocab, e) : spm_gguf_vocab(w, vocab, c->vocab_size, e);
         gguf_close(g);
     }
-    Weight emb = {WT_F32, m->tok_emb->shape[0], m->tok_emb->shape[1], m->tok_emb->data, 0, "tok_emb"};
-    if (!rc) rc = add_matrix(w, "token_embd.weight", &emb, type, 0, 0, e);
+    if (!rc) rc = add_matrix(w, "token_embd.weight", &m->emb, type, 0, 0, e);
     for (int l = 0; l < c->n_layers && !rc; l++) {
         const Layer *L = &m->layers[l];
         char name[96];

@@ -34,11 +34,13 @@ void kv_reset(KVCache *kv) { kv->len = 0; }
 static Tensor *proj(Tape *t, const Model *m, const LoraAdapter *lora, int l, LoraTarget target,
                     Tensor *x) {
     const Weight *w = &m->layers[l].w[target];
+    Tensor *bias = m->layers[l].bias[target], *y = NULL;
     if (lora) {
         Tensor *A = lora->A[l * LT_COUNT + target], *B = lora->B[l * LT_COUNT + target];
-        if (A) return op_lora_linear(t, x, w, A, B, lora->scale, lora->dropout);
+        if (A) y = op_lora_linear(t, x, w, A, B, lora->scale, lora->dropout);
     }
-    return op_linear(t, x, w);
+    if (!y) y = op_linear(t, x, w);
+    return bias ? op_add_bias(t, y, bias) : y;
 }
 
 // k or v (T, kv_dim) of layer l appended to the cache at positions kv->len..; returns a
@@ -81,13 +83,14 @@ static Tensor *block_forward(Tape *t, Tensor *x, void *ctx) {
         v = cache_append(t, kv, kv->v, l, v, T);
         Tk = pos0 + T;
     }
-    Tensor *a = op_attention(t, q, k, v, B, T, Tk, H, KVH, D, 0);  // (B*T, H*D)
+    Tensor *a = op_attention(t, q, k, v, B, T, Tk, H, KVH, D, c->sliding_window);  // (B*T, H*D)
     x = op_add(t, x, proj(t, m, lora, l, LT_O, a));
     // MLP block
     h = op_rmsnorm(t, x, L->ffn_norm, c->norm_eps);
     Tensor *g = proj(t, m, lora, l, LT_GATE, h);  // (B*T, F)
     Tensor *u = proj(t, m, lora, l, LT_UP, h);    // (B*T, F)
-    return op_add(t, x, proj(t, m, lora, l, LT_DOWN, op_swiglu(t, g, u)));
+    Tensor *act = c->act == ACT_GELU_TANH ? op_geglu(t, g, u) : op_swiglu(t, g, u);
+    return op_add(t, x, proj(t, m, lora, l, LT_DOWN, act));
 }
 
 // Whether layer l has LoRA matrices that need gradients.
@@ -113,6 +116,10 @@ static Tensor *model_trunk(Tape *t, const Model *m, const LoraAdapter *lora, con
     int sub = !tape_recording(t) || tape_checkpointing(t);
 
     Tensor *x = m->tok_emb ? op_embedding(t, m->tok_emb, ids, N) : op_embedding_weight(t, &m->emb, ids, N);
+    if (c->embed_scale > 0) {  // Gemma: × sqrt(dim); the table is frozen, so in place
+        const float s = c->embed_scale;
+        for (int64_t i = 0; i < x->n; i++) x->data[i] *= s;
+    }
     for (int l = 0; l < c->n_layers; l++) {
         Block *b = tape_alloc(t, sizeof *b);
         *b = (Block){m, lora, kv, l, B, T};

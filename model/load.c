@@ -123,9 +123,7 @@ Model *model_alloc(const ModelConfig *c, const char *source, Err *e) {
         model_free(m);
         return NULL;
     }
-    // inv_freq[i] = theta^(-2i/D)
-    for (int i = 0; i < c->head_dim / 2; i++)
-        m->inv_freq[i] = (float)pow((double)c->rope_theta, -2.0 * i / c->head_dim);
+    arch_inv_freq(c, m->inv_freq);  // theta^(-2i/D), rope-scaled
     return m;
 }
 
@@ -144,7 +142,9 @@ void model_weight_dims(const ModelConfig *c, LoraTarget t, int64_t *rows, int64_
 
 // ---- one loader over three formats ----------------------------------------------------------
 
-typedef enum { R_EMB, R_LM_HEAD, R_FINAL_NORM, R_ATTN_NORM, R_FFN_NORM, R_WEIGHT } Role;
+// R_BIAS: the bias of target t; R_FUSED: the fused weight whose first member is t (Phi-3's
+// qkv_proj for LT_Q, gate_up_proj for LT_GATE)
+typedef enum { R_EMB, R_LM_HEAD, R_FINAL_NORM, R_ATTN_NORM, R_FFN_NORM, R_WEIGHT, R_BIAS, R_FUSED } Role;
 
 // A format's way to fetch one tensor as fp32 in the file's row order, given the expected
 // row-major shape (rows, cols) (cols == 0 for vectors). Returns 0, 1 when the file does
@@ -224,8 +224,40 @@ static uint16_t *to_bf16(float *head, int64_t n, Err *e) {
     return h;
 }
 
-// Fills m's weights through rd. file_rope says whether q/k rows need permuting.
-static int model_fill(Model *m, ReadFn rd, void *ctx, QuantType quant, Err *e) {
+typedef struct NameScheme NameScheme;
+typedef struct {
+    const Gguf *g;
+    const char *path;
+    const NameScheme *scheme;
+} GgufCtx;
+static int ggq_weight(const GgufCtx *gc, Role r, int l, LoraTarget t, const ModelConfig *c, int64_t r0,
+                      int64_t rows, int64_t cols, int64_t total_rows, Weight *out, Err *e);
+static int gguf_is_quantized(const GgufCtx *gc, Role r, int l, LoraTarget t);
+static const NameScheme *scheme_of(const ModelConfig *c, int gguf);
+static void tensor_name(const NameScheme *s, char *buf, size_t n, Role r, int l, LoraTarget t);
+
+// Fused members of Phi-3: qkv_proj = q;k;v, gate_up_proj = gate;up. Returns the group's first
+// target for a member (else t itself) and the member's first row in the fused tensor.
+static LoraTarget fused_first(const ModelConfig *c, LoraTarget t, int64_t *r0, int64_t *total) {
+    int64_t QD = (int64_t)c->n_heads * c->head_dim, KD = (int64_t)c->n_kv_heads * c->head_dim,
+            F = c->hidden_dim;
+    *r0 = 0;
+    *total = 0;
+    if (!c->fused_proj) return t;
+    switch (t) {
+    case LT_Q: *total = QD + 2 * KD; return LT_Q;
+    case LT_K: *r0 = QD; *total = QD + 2 * KD; return LT_Q;
+    case LT_V: *r0 = QD + KD; *total = QD + 2 * KD; return LT_Q;
+    case LT_GATE: *total = 2 * F; return LT_GATE;
+    case LT_UP: *r0 = F; *total = 2 * F; return LT_GATE;
+    default: return t;
+    }
+}
+
+// Fills m's weights through rd (gq: the GGUF file, whose ggml-quantized linear weights are
+// kept as they are; NULL for other formats). file_rope says whether q/k rows need
+// permuting; norm_add is added to every norm weight (HF Gemma's 1 + w).
+static int model_fill(Model *m, ReadFn rd, void *ctx, const GgufCtx *gq, float norm_add, QuantType quant, Err *e) {
     const ModelConfig *c = &m->cfg;
     const char *src = m->source;
     int64_t V = c->vocab_size, C = c->dim;
@@ -279,6 +311,7 @@ static int model_fill(Model *m, ReadFn rd, void *ctx, QuantType quant, Err *e) {
     m->final_norm = wrap_vec(read_new(rd, ctx, R_FINAL_NORM, 0, 0, C, 0, &absent, e), C,
                              "final_norm", e);
     if (!m->final_norm) return read_missing(absent, src, "final norm (model.norm / output_norm)", e);
+    for (int64_t i = 0; i < C && norm_add != 0; i++) m->final_norm->data[i] += norm_add;
     for (int l = 0; l < c->n_layers; l++) {
         Layer *L = &m->layers[l];
         L->attn_norm = wrap_vec(read_new(rd, ctx, R_ATTN_NORM, l, 0, C, 0, &absent, e), C,
@@ -287,14 +320,43 @@ static int model_fill(Model *m, ReadFn rd, void *ctx, QuantType quant, Err *e) {
         L->ffn_norm = wrap_vec(read_new(rd, ctx, R_FFN_NORM, l, 0, C, 0, &absent, e), C,
                                "ffn_norm", e);
         if (!L->ffn_norm) return read_missing(absent, src, "MLP norm", e);
+        for (int64_t i = 0; i < C && norm_add != 0; i++) {
+            L->attn_norm->data[i] += norm_add;
+            L->ffn_norm->data[i] += norm_add;
+        }
         for (int t = 0; t < LT_COUNT; t++) {
-            int64_t rows, cols;
+            int64_t rows, cols, r0, total;
             model_weight_dims(c, (LoraTarget)t, &rows, &cols);
-            float *w = read_new(rd, ctx, R_WEIGHT, l, (LoraTarget)t, rows, cols, &absent, e);
+            LoraTarget ft = fused_first(c, (LoraTarget)t, &r0, &total);
+            Role role = total ? R_FUSED : R_WEIGHT;
+            if (c->qkv_bias && t <= LT_V) {
+                L->bias[t] = wrap_vec(read_new(rd, ctx, R_BIAS, l, (LoraTarget)t, rows, 0, &absent, e), rows,
+                                      lora_target_name((LoraTarget)t), e);
+                if (!L->bias[t]) {
+                    char bn[160];
+                    tensor_name(scheme_of(c, gq != NULL), bn, sizeof bn, R_BIAS, l, (LoraTarget)t);
+                    return read_missing(absent, src, bn, e);
+                }
+            }
+            if (gq && gguf_is_quantized(gq, role, l, ft)) {  // ggml blocks: kept, not requantized
+                if (ggq_weight(gq, role, l, ft, c, r0, rows, cols, total ? total : rows, &L->w[t], e)) return -1;
+                L->w[t].name = lora_target_name((LoraTarget)t);
+                continue;
+            }
+            float *w;
+            if (total) {  // a member's rows of the fused tensor (read whole, copied out)
+                float *all = read_new(rd, ctx, R_FUSED, l, ft, total, cols, &absent, e);
+                w = all ? xmalloc_aligned((size_t)(rows * cols) * sizeof(float), "model tensor", e) : NULL;
+                if (w) memcpy(w, all + r0 * cols, (size_t)(rows * cols) * sizeof(float));
+                free(all);
+                if (all && !w) return -1;
+            } else {
+                w = read_new(rd, ctx, R_WEIGHT, l, (LoraTarget)t, rows, cols, &absent, e);
+            }
             if (!w) {
                 if (!absent) return -1;
                 return err_set(e, "%s: layer %d: weight %s is missing", src, l,
-                               lora_target_name((LoraTarget)t));
+                               total ? (ft == LT_Q ? "qkv_proj" : "gate_up_proj") : lora_target_name((LoraTarget)t));
             }
             if (c->file_rope == ROPE_ADJACENT && (t == LT_Q || t == LT_K) &&
                 permute_adjacent_to_half(w, t == LT_Q ? c->n_heads : c->n_kv_heads, c->head_dim,
@@ -315,24 +377,47 @@ static void shape_text(char *buf, size_t n, int nd, const int64_t *d) {
     if (u < n) snprintf(buf + u, n - u, "]");
 }
 
-// How a format names the tensors: fixed names, and per layer PREFIX N "." SUFFIX.
-typedef struct {
+// How a format names the tensors: fixed names, and per layer PREFIX N "." SUFFIX. Fused
+// models (Phi-3) name the fused tensor at its first member (q: qkv, gate: gate_up) and NULL
+// at the others.
+struct NameScheme {
     const char *emb, *head, *final_norm, *layer_prefix, *attn_norm, *ffn_norm;
     const char *w[LT_COUNT];
-} NameScheme;
+    const char *bias[LT_COUNT];  // q/k/v biases (Qwen2)
+};
 
 static const NameScheme HF_NAMES = {
     "model.embed_tokens.weight", "lm_head.weight", "model.norm.weight", "model.layers.",
     "input_layernorm.weight", "post_attention_layernorm.weight",
     {"self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight",
      "self_attn.o_proj.weight", "mlp.gate_proj.weight", "mlp.up_proj.weight",
-     "mlp.down_proj.weight"}};
+     "mlp.down_proj.weight"},
+    {"self_attn.q_proj.bias", "self_attn.k_proj.bias", "self_attn.v_proj.bias"}};
+
+static const NameScheme HF_FUSED_NAMES = {
+    "model.embed_tokens.weight", "lm_head.weight", "model.norm.weight", "model.layers.",
+    "input_layernorm.weight", "post_attention_layernorm.weight",
+    {"self_attn.qkv_proj.weight", NULL, NULL, "self_attn.o_proj.weight", "mlp.gate_up_proj.weight",
+     NULL, "mlp.down_proj.weight"},
+    {NULL}};
+
+static const NameScheme GGUF_FUSED_NAMES = {
+    "token_embd.weight", "output.weight", "output_norm.weight", "blk.", "attn_norm.weight",
+    "ffn_norm.weight",
+    {"attn_qkv.weight", NULL, NULL, "attn_output.weight", "ffn_up.weight", NULL, "ffn_down.weight"},
+    {NULL}};
 
 static const NameScheme GGUF_NAMES = {
     "token_embd.weight", "output.weight", "output_norm.weight", "blk.", "attn_norm.weight",
     "ffn_norm.weight",
     {"attn_q.weight", "attn_k.weight", "attn_v.weight", "attn_output.weight", "ffn_gate.weight",
-     "ffn_up.weight", "ffn_down.weight"}};
+     "ffn_up.weight", "ffn_down.weight"},
+    {"attn_q.bias", "attn_k.bias", "attn_v.bias"}};
+
+static const NameScheme *scheme_of(const ModelConfig *c, int gguf) {
+    if (c->fused_proj) return gguf ? &GGUF_FUSED_NAMES : &HF_FUSED_NAMES;
+    return gguf ? &GGUF_NAMES : &HF_NAMES;
+}
 
 static void tensor_name(const NameScheme *s, char *buf, size_t n, Role r, int l, LoraTarget t) {
     switch (r) {
@@ -341,7 +426,8 @@ static void tensor_name(const NameScheme *s, char *buf, size_t n, Role r, int l,
     case R_FINAL_NORM: snprintf(buf, n, "%s", s->final_norm); break;
     case R_ATTN_NORM: snprintf(buf, n, "%s%d.%s", s->layer_prefix, l, s->attn_norm); break;
     case R_FFN_NORM: snprintf(buf, n, "%s%d.%s", s->layer_prefix, l, s->ffn_norm); break;
-    default: snprintf(buf, n, "%s%d.%s", s->layer_prefix, l, s->w[t]); break;
+    case R_BIAS: snprintf(buf, n, "%s%d.%s", s->layer_prefix, l, s->bias[t] ? s->bias[t] : "?"); break;
+    default: snprintf(buf, n, "%s%d.%s", s->layer_prefix, l, s->w[t] ? s->w[t] : "?"); break;
     }
 }
 
@@ -352,7 +438,7 @@ static int cmp_name(const void *a, const void *b) { return strcmp(a, b); }
 static int check_names(const char *const *names, int n, const NameScheme *scheme, const ModelConfig *c,
                        const char *src, Err *e) {
     enum { LEN = 96 };
-    size_t count = 3 + (size_t)c->n_layers * (2 + LT_COUNT), k = 0;
+    size_t count = 3 + (size_t)c->n_layers * (2 + 2 * LT_COUNT), k = 0;
     char(*known)[LEN] = xmalloc(count * LEN, "tensor name list", e);
     if (!known) return -1;
     tensor_name(scheme, known[k++], LEN, R_EMB, 0, 0);
@@ -361,19 +447,23 @@ static int check_names(const char *const *names, int n, const NameScheme *scheme
     for (int l = 0; l < c->n_layers; l++) {
         tensor_name(scheme, known[k++], LEN, R_ATTN_NORM, l, 0);
         tensor_name(scheme, known[k++], LEN, R_FFN_NORM, l, 0);
-        for (int t = 0; t < LT_COUNT; t++) tensor_name(scheme, known[k++], LEN, R_WEIGHT, l, (LoraTarget)t);
+        for (int t = 0; t < LT_COUNT; t++) {
+            if (scheme->w[t]) tensor_name(scheme, known[k++], LEN, R_WEIGHT, l, (LoraTarget)t);
+            if (c->qkv_bias && scheme->bias[t]) tensor_name(scheme, known[k++], LEN, R_BIAS, l, (LoraTarget)t);
+        }
     }
+    count = k;
     qsort(known, count, LEN, cmp_name);
     int rc = 0;
     for (int i = 0; i < n && !rc; i++) {
         size_t len = strlen(names[i]);
         const char *ignored = ".rotary_emb.inv_freq";  // old HF files keep this buffer
         if (len >= strlen(ignored) && !strcmp(names[i] + len - strlen(ignored), ignored)) continue;
+        if (!strcmp(names[i], "rope_freqs.weight")) continue;  // GGUF Llama-3 rope factors (read apart)
         if (len >= LEN || !bsearch(names[i], known, count, LEN, cmp_name))
-            rc = err_set(e, "%s: unexpected tensor %s (not part of a plain Llama model with %d "
-                            "layers; biases, rope_freqs and other architectures are not "
-                            "supported)",
-                         src, names[i], c->n_layers);
+            rc = err_set(e, "%s: unexpected tensor %s (not part of a %s model with %d layers as "
+                            "lora.c reads it)",
+                         src, names[i], c->arch, c->n_layers);
     }
     free(known);
     return rc;
@@ -384,6 +474,7 @@ static int check_names(const char *const *names, int n, const NameScheme *scheme
 typedef struct {
     SafeTensors **files;
     int n;
+    const NameScheme *scheme;
 } HfFiles;
 
 static const SafeTensors *hf_find(const HfFiles *h, const char *name) {
@@ -395,7 +486,7 @@ static const SafeTensors *hf_find(const HfFiles *h, const char *name) {
 static int hf_read(void *ctx, Role r, int layer, LoraTarget t, float *out, int64_t rows,
                    int64_t cols, Err *e) {
     char name[160];
-    tensor_name(&HF_NAMES, name, sizeof name, r, layer, t);
+    tensor_name(((const HfFiles *)ctx)->scheme, name, sizeof name, r, layer, t);
     const SafeTensors *st = hf_find(ctx, name);
     if (!st) return 1;
     int64_t shape[2] = {rows, cols};
@@ -502,47 +593,6 @@ static int cfg_token(json_object *j, const char *key, const char *file, int *out
     return 0;
 }
 
-// The parts of a HF config that make it something other than a plain Llama.
-static int cfg_check_llama(json_object *j, const char *file, Err *e) {
-    const char *mt = NULL, *act = NULL;
-    if (json_opt_str(j, "model_type", file, &mt, e) < 0) return -1;
-    json_object *arch;
-    int arch_ok = 1;
-    char arch_name[96] = "";
-    if (json_object_object_get_ex(j, "architectures", &arch) &&
-        json_object_is_type(arch, json_type_array) && json_object_array_length(arch) > 0) {
-        arch_ok = 0;
-        for (size_t i = 0; i < json_object_array_length(arch); i++) {
-            const char *s = json_object_get_string(json_object_array_get_idx(arch, i));
-            if (s && !strcmp(s, "LlamaForCausalLM")) arch_ok = 1;
-            if (s && !i) snprintf(arch_name, sizeof arch_name, "%s", s);
-        }
-    }
-    if (!mt || strcmp(mt, "llama") || !arch_ok)
-        return err_set(e,
-                       "%s: model_type \"%s\"%s%s is not supported: only Llama-family models "
-                       "(model_type \"llama\", LlamaForCausalLM)",
-                       file, mt ? mt : "(missing)", arch_name[0] ? ", architecture " : "", arch_name);
-    if (json_opt_str(j, "hidden_act", file, &act, e) < 0) return -1;
-    if (act && strcmp(act, "silu"))
-        return err_set(e, "%s: hidden_act \"%s\" is not supported (silu only)", file, act);
-    int b = 0;
-    if (json_opt_bool(j, "attention_bias", file, &b, e) < 0) return -1;
-    if (b) return err_set(e, "%s: attention_bias is not supported", file);
-    if (json_opt_bool(j, "mlp_bias", file, &b, e) < 0) return -1;
-    if (b) return err_set(e, "%s: mlp_bias is not supported", file);
-    json_object *rs;
-    if (json_object_object_get_ex(j, "rope_scaling", &rs) && !json_object_is_type(rs, json_type_null)) {
-        const char *type = NULL;
-        if (json_opt_str(rs, "rope_type", file, &type, e) < 0) return -1;
-        if (!type && json_opt_str(rs, "type", file, &type, e) < 0) return -1;
-        if (!type || strcmp(type, "default"))
-            return err_set(e, "%s: rope_scaling (type \"%s\") is not supported yet", file,
-                           type ? type : "?");
-    }
-    return 0;
-}
-
 static int hf_config(const char *dir, ModelConfig *c, Err *e) {
     char file[1100];
     path_join(file, sizeof file, dir, "config.json");
@@ -555,7 +605,7 @@ static int hf_config(const char *dir, ModelConfig *c, Err *e) {
     memset(c, 0, sizeof *c);
     snprintf(c->arch, sizeof c->arch, "llama");
     int rc = json_object_is_type(j, json_type_object) ? 0 : err_set(e, "%s: not a JSON object", file);
-    if (!rc) rc = cfg_check_llama(j, file, e);
+    if (!rc) rc = arch_config_hf(j, file, c, e);
     if (!rc) rc = cfg_int(j, "hidden_size", file, 1, 0, &c->dim, e);
     if (!rc) rc = cfg_int(j, "intermediate_size", file, 1, 0, &c->hidden_dim, e);
     if (!rc) rc = cfg_int(j, "num_hidden_layers", file, 1, 0, &c->n_layers, e);
@@ -573,6 +623,7 @@ static int hf_config(const char *dir, ModelConfig *c, Err *e) {
     if (!rc) rc = cfg_token(j, "bos_token_id", file, &c->bos_id, e);
     if (!rc) rc = cfg_token(j, "eos_token_id", file, &c->eos_id, e);
     c->file_rope = ROPE_HALF;
+    arch_finish(c);
     json_object_put(j);
     return rc;
 }
@@ -581,6 +632,7 @@ static Model *load_hf(const char *dir, QuantType quant, Err *e) {
     ModelConfig c;
     if (hf_config(dir, &c, e)) return NULL;
     HfFiles h = {0};
+    h.scheme = scheme_of(&c, 0);
     Model *m = NULL;
     const char **names = NULL;
     int n = 0, rc = hf_open(&h, dir, e);
@@ -588,8 +640,8 @@ static Model *load_hf(const char *dir, QuantType quant, Err *e) {
     if (!rc && !(names = xmalloc((size_t)n * sizeof *names, "tensor names", e))) rc = -1;
     for (int f = 0, k = 0; !rc && f < h.n; f++)
         for (int i = 0; i < st_count(h.files[f]); i++) names[k++] = st_at(h.files[f], i)->name;
-    if (rc || check_names(names, n, &HF_NAMES, &c, dir, e) || !(m = model_alloc(&c, dir, e)) ||
-        model_fill(m, hf_read, &h, quant, e)) {
+    if (rc || check_names(names, n, h.scheme, &c, dir, e) || !(m = model_alloc(&c, dir, e)) ||
+        model_fill(m, hf_read, &h, NULL, c.norm_offset, quant, e)) {
         model_free(m);
         m = NULL;
     }
@@ -600,16 +652,11 @@ static Model *load_hf(const char *dir, QuantType quant, Err *e) {
 
 // ---- GGUF -----------------------------------------------------------------------------------
 
-typedef struct {
-    const Gguf *g;
-    const char *path;
-} GgufCtx;
-
 static int gguf_read(void *ctx, Role r, int layer, LoraTarget t, float *out, int64_t rows,
                      int64_t cols, Err *e) {
     const GgufCtx *gc = ctx;
     char name[160];
-    tensor_name(&GGUF_NAMES, name, sizeof name, r, layer, t);
+    tensor_name(gc->scheme, name, sizeof name, r, layer, t);
     const GgufTensor *gt = gguf_find_tensor(gc->g, name);
     if (!gt) return 1;
     // ne is fastest-first: a row-major (rows, cols) matrix has ne = [cols, rows]
@@ -622,8 +669,63 @@ static int gguf_read(void *ctx, Role r, int layer, LoraTarget t, float *out, int
         return err_set(e, "%s: tensor %s has ne %s, expected ne %s from the model's metadata",
                        gc->path, name, a, b);
     }
-    if (gguf_read_f32(gc->g, name, out, gt->n, e)) return -1;
+    if (ggq_supported((int)gt->type)) {  // e.g. a Q8_0 token_embd / Q6_K output: to fp32
+        GgqMatrix q;
+        if (ggq_init(&q, (int)gt->type, nd == 2 ? rows : 1, nd == 2 ? cols : rows, gt->data, gt->nbytes, name, e) ||
+            ggq_check_scales(&q, e))
+            return err_set(e, "%s: %s", gc->path, e->msg);
+        ggq_dequant_rows(&q, 0, q.rows, out);
+    } else if (gguf_read_f32(gc->g, name, out, gt->n, e)) {
+        return -1;
+    }
     release_mapped(gt->data, gt->nbytes);
+    return 0;
+}
+
+static int gguf_is_quantized(const GgufCtx *gc, Role r, int l, LoraTarget t) {
+    char name[160];
+    tensor_name(gc->scheme, name, sizeof name, r, l, t);
+    const GgufTensor *gt = gguf_find_tensor(gc->g, name);
+    return gt && ggq_supported((int)gt->type);
+}
+
+// Rows [r0, r0 + rows) of the ggml-quantized linear weight (total_rows, cols) named by (r, l, t)
+// -> *out as WT_GGQ, owning a copy of its blocks (one allocation: the GgqMatrix, then the
+// blocks). q/k rows of an adjacent-pairs file are permuted to rotate-half order, whole rows
+// of blocks at a time.
+static int ggq_weight(const GgufCtx *gc, Role r, int l, LoraTarget t, const ModelConfig *c, int64_t r0,
+                      int64_t rows, int64_t cols, int64_t total_rows, Weight *out, Err *e) {
+    char name[160];
+    tensor_name(gc->scheme, name, sizeof name, r, l, t);
+    const GgufTensor *gt = gguf_find_tensor(gc->g, name);
+    if (gt->n_dims != 2 || gt->ne[0] != cols || gt->ne[1] != total_rows) {
+        char a[96], b[96];
+        int64_t want[2] = {cols, total_rows};
+        shape_text(a, sizeof a, gt->n_dims, gt->ne);
+        shape_text(b, sizeof b, 2, want);
+        return err_set(e, "%s: tensor %s has ne %s, expected ne %s from the model's metadata", gc->path,
+                       name, a, b);
+    }
+    if (ggq_check((int)gt->type, total_rows, cols, gt->nbytes, name, e)) return err_set(e, "%s: %s", gc->path, e->msg);
+    const size_t rb = ggq_row_bytes((int)gt->type, cols), head = (sizeof(GgqMatrix) + 63) & ~(size_t)63;
+    uint8_t *mem = xmalloc(head + rb * (size_t)rows, "quantized weight", e);
+    if (!mem) return -1;
+    const uint8_t *src = (const uint8_t *)gt->data + (size_t)r0 * rb;
+    uint8_t *dst = mem + head;
+    int heads = c->file_rope == ROPE_ADJACENT && (t == LT_Q || t == LT_K) && r == R_WEIGHT
+                    ? (t == LT_Q ? c->n_heads : c->n_kv_heads) : 0;
+    const int D = c->head_dim;
+    if (!heads) memcpy(dst, src, rb * (size_t)rows);
+    for (int h = 0; h < heads; h++)  // file row 2i+j of a head -> row j*D/2+i
+        for (int i = 0; i < D / 2; i++)
+            for (int j = 0; j < 2; j++)
+                memcpy(dst + ((size_t)h * D + (size_t)j * D / 2 + i) * rb, src + ((size_t)h * D + 2 * i + j) * rb, rb);
+    GgqMatrix *q = (GgqMatrix *)mem;
+    if (ggq_init(q, (int)gt->type, rows, cols, dst, rb * (size_t)rows, lora_target_name(t), e) || ggq_check_scales(q, e)) {
+        free(mem);
+        return err_set(e, "%s: layer %d: %s", gc->path, l, e->msg);
+    }
+    *out = (Weight){WT_GGQ, rows, cols, q, 1, lora_target_name(t)};
     return 0;
 }
 
@@ -635,39 +737,45 @@ static int gguf_u32_req(const Gguf *g, const char *key, const char *path, int *o
     return 0;
 }
 
+// "<arch>.<key>" into buf (GGUF metadata keys are prefixed by general.architecture).
+static const char *akey(char *buf, size_t n, const char *arch, const char *key) {
+    snprintf(buf, n, "%s.%s", arch, key);
+    return buf;
+}
+
 static int gguf_config(const Gguf *g, const char *path, ModelConfig *c, Err *e) {
     memset(c, 0, sizeof *c);
-    const char *arch = gguf_get_str(g, "general.architecture");
-    if (!arch || strcmp(arch, "llama"))
-        return err_set(e, "%s: general.architecture \"%s\" is not supported (llama only)", path,
-                       arch ? arch : "(missing)");
     const char *ft = gguf_get_str(g, "general.type");
     if (ft && strcmp(ft, "model"))
         return err_set(e, "%s: general.type is \"%s\", not a model", path, ft);
-    snprintf(c->arch, sizeof c->arch, "llama");
+    if (arch_config_gguf(g, path, c, e)) return -1;
+    const char *a = gguf_get_str(g, "general.architecture");
+    char k[128];
     uint32_t u;
-    if (gguf_u32_req(g, "llama.embedding_length", path, &c->dim, e) ||
-        gguf_u32_req(g, "llama.feed_forward_length", path, &c->hidden_dim, e) ||
-        gguf_u32_req(g, "llama.block_count", path, &c->n_layers, e) ||
-        gguf_u32_req(g, "llama.attention.head_count", path, &c->n_heads, e))
+    if (gguf_u32_req(g, akey(k, sizeof k, a, "embedding_length"), path, &c->dim, e) ||
+        gguf_u32_req(g, akey(k, sizeof k, a, "feed_forward_length"), path, &c->hidden_dim, e) ||
+        gguf_u32_req(g, akey(k, sizeof k, a, "block_count"), path, &c->n_layers, e) ||
+        gguf_u32_req(g, akey(k, sizeof k, a, "attention.head_count"), path, &c->n_heads, e))
         return -1;
-    c->n_kv_heads = gguf_get_u32(g, "llama.attention.head_count_kv", &u) ? c->n_heads : (int)u;
-    c->head_dim = gguf_get_u32(g, "llama.attention.key_length", &u) ? (c->n_heads ? c->dim / c->n_heads : 0)
-                                                                    : (int)u;
-    if (!gguf_get_u32(g, "llama.rope.dimension_count", &u) && (int)u != c->head_dim)
-        return err_set(e, "%s: llama.rope.dimension_count %u differs from the head size %d "
+    c->n_kv_heads = gguf_get_u32(g, akey(k, sizeof k, a, "attention.head_count_kv"), &u) ? c->n_heads : (int)u;
+    c->head_dim = gguf_get_u32(g, akey(k, sizeof k, a, "attention.key_length"), &u)
+                      ? (c->n_heads ? c->dim / c->n_heads : 0) : (int)u;
+    if (!gguf_get_u32(g, akey(k, sizeof k, a, "rope.dimension_count"), &u) && (int)u != c->head_dim)
+        return err_set(e, "%s: %s.rope.dimension_count %u differs from the head size %d "
                           "(partial rotary embeddings are not supported)",
-                       path, u, c->head_dim);
-    if (!gguf_get_u32(g, "llama.expert_count", &u) && u > 0)
+                       path, a, u, c->head_dim);
+    if (!gguf_get_u32(g, akey(k, sizeof k, a, "expert_count"), &u) && u > 0)
         return err_set(e, "%s: mixture-of-experts models are not supported", path);
-    const char *scaling = gguf_get_str(g, "llama.rope.scaling.type");
+    const char *scaling = gguf_get_str(g, akey(k, sizeof k, a, "rope.scaling.type"));
     if (scaling && strcmp(scaling, "none"))
-        return err_set(e, "%s: llama.rope.scaling.type \"%s\" is not supported yet", path, scaling);
-    c->max_seq_len = gguf_get_u32(g, "llama.context_length", &u) ? 2048 : (int)u;
-    if (gguf_get_f32(g, "llama.attention.layer_norm_rms_epsilon", &c->norm_eps)) c->norm_eps = 1e-5f;
-    if (gguf_get_f32(g, "llama.rope.freq_base", &c->rope_theta)) c->rope_theta = 10000.0f;
+        return err_set(e, "%s: %s.rope.scaling.type \"%s\" is not supported yet", path, a, scaling);
+    c->max_seq_len = gguf_get_u32(g, akey(k, sizeof k, a, "context_length"), &u) ? 2048 : (int)u;
+    if (gguf_get_f32(g, akey(k, sizeof k, a, "attention.layer_norm_rms_epsilon"), &c->norm_eps)) c->norm_eps = 1e-5f;
+    if (gguf_get_f32(g, akey(k, sizeof k, a, "rope.freq_base"), &c->rope_theta)) c->rope_theta = 10000.0f;
+    c->qkv_bias = c->qkv_bias && gguf_find_tensor(g, "blk.0.attn_q.bias") != NULL;
+    arch_finish(c);
     const GgufTensor *emb = gguf_find_tensor(g, "token_embd.weight");
-    if (!gguf_get_u32(g, "llama.vocab_size", &u))
+    if (!gguf_get_u32(g, akey(k, sizeof k, a, "vocab_size"), &u))
         c->vocab_size = (int)u;
     else if (emb && emb->n_dims == 2)
         c->vocab_size = (int)emb->ne[1];
@@ -678,7 +786,23 @@ static int gguf_config(const Gguf *g, const char *path, ModelConfig *c, Err *e) 
     c->bos_id = gguf_get_u32(g, "tokenizer.ggml.bos_token_id", &u) || u > INT32_MAX ? -1 : (int)u;
     c->eos_id = gguf_get_u32(g, "tokenizer.ggml.eos_token_id", &u) || u > INT32_MAX ? -1 : (int)u;
     c->tied_embeddings = gguf_find_tensor(g, "output.weight") == NULL;
-    c->file_rope = ROPE_ADJACENT;
+    return 0;
+}
+
+// GGUF Llama-3 files carry the rope scaling as rope_freqs.weight (head_dim/2 factors):
+// frequency i is divided by factor i.
+static int gguf_rope_freqs(const Gguf *g, const char *path, Model *m, Err *e) {
+    const GgufTensor *rf = gguf_find_tensor(g, "rope_freqs.weight");
+    if (!rf) return 0;
+    const int n = m->cfg.head_dim / 2;
+    float *f = xmalloc((size_t)n * sizeof(float), "rope_freqs", e);
+    if (!f) return -1;
+    if (rf->n != n || gguf_read_f32(g, "rope_freqs.weight", f, n, e)) {
+        free(f);
+        return err_set(e, "%s: rope_freqs.weight must hold %d F32 values", path, n);
+    }
+    for (int i = 0; i < n; i++) m->inv_freq[i] /= f[i];
+    free(f);
     return 0;
 }
 
@@ -687,12 +811,14 @@ static Model *load_gguf(const char *path, QuantType quant, Err *e) {
     if (!g) return NULL;
     ModelConfig c;
     Model *m = NULL;
-    GgufCtx ctx = {g, path};
+    GgufCtx ctx = {g, path, &GGUF_NAMES};
     int n = gguf_tensor_count(g);
     const char **names = xmalloc((size_t)n * sizeof *names, "tensor names", e);
     for (int i = 0; names && i < n; i++) names[i] = gguf_tensor_at(g, i)->name;
-    if (!names || gguf_config(g, path, &c, e) || check_names(names, n, &GGUF_NAMES, &c, path, e) ||
-        !(m = model_alloc(&c, path, e)) || model_fill(m, gguf_read, &ctx, quant, e)) {
+    int rc = !names || gguf_config(g, path, &c, e);
+    if (!rc) ctx.scheme = scheme_of(&c, 1);
+    if (rc || check_names(names, n, ctx.scheme, &c, path, e) || !(m = model_alloc(&c, path, e)) ||
+        gguf_rope_freqs(g, path, m, e) || model_fill(m, gguf_read, &ctx, &ctx, 0.0f, quant, e)) {
         model_free(m);
         m = NULL;
     }
@@ -799,7 +925,7 @@ static Model *load_bin(const char *path, QuantType quant, Err *e) {
         goto done;
     }
     if (!(m = model_alloc(&c, path, e))) goto done;
-    if (model_fill(m, bin_read, &b, quant, e)) {
+    if (model_fill(m, bin_read, &b, NULL, 0.0f, quant, e)) {
         model_free(m);
         m = NULL;
     }
@@ -875,10 +1001,8 @@ static Model *load_source(const char *path, QuantType q, Err *e) {
 // ---- writing ------------------------------------------------------------------------------
 
 static json_object *config_json(const ModelConfig *c) {
-    json_object *j = json_object_new_object(), *arch = json_object_new_array();
-    json_object_array_add(arch, json_object_new_string("LlamaForCausalLM"));
-    json_object_object_add(j, "architectures", arch);
-    json_object_object_add(j, "model_type", json_object_new_string("llama"));
+    json_object *j = json_object_new_object();
+    arch_config_to_hf(c, j);
     json_object_object_add(j, "hidden_size", json_object_new_int(c->dim));
     json_object_object_add(j, "intermediate_size", json_object_new_int(c->hidden_dim));
     json_object_object_add(j, "num_hidden_layers", json_object_new_int(c->n_layers));
@@ -889,9 +1013,7 @@ static json_object *config_json(const ModelConfig *c) {
     json_object_object_add(j, "max_position_embeddings", json_object_new_int(c->max_seq_len));
     json_object_object_add(j, "rms_norm_eps", json_new_float(c->norm_eps));
     json_object_object_add(j, "rope_theta", json_new_float(c->rope_theta));
-    json_object_object_add(j, "rope_scaling", NULL);
     json_object_object_add(j, "tie_word_embeddings", json_object_new_boolean(c->tied_embeddings));
-    json_object_object_add(j, "hidden_act", json_object_new_string("silu"));
     json_object_object_add(j, "attention_bias", json_object_new_boolean(0));
     json_object_object_add(j, "mlp_bias", json_object_new_boolean(0));
     if (c->bos_id >= 0) json_object_object_add(j, "bos_token_id", json_object_new_int(c->bos_id));
@@ -921,6 +1043,31 @@ static int add_tensor(StWriter *sw, const char *name, const Tensor *t, Err *e) {
     return stw_add_f32(sw, name, ST_F32, t->ndim, t->shape, t->data, e);
 }
 
+// A norm as HF stores it: the in-memory multiplier minus the architecture's offset (Gemma).
+static int add_norm(StWriter *sw, const char *name, const Tensor *t, float offset, Err *e) {
+    if (offset == 0) return add_tensor(sw, name, t, e);
+    float *w = xmalloc((size_t)t->n * sizeof(float), "norm copy", e);
+    if (!w) return -1;
+    for (int64_t i = 0; i < t->n; i++) w[i] = t->data[i] - offset;
+    int rc = stw_add_f32(sw, name, ST_F32, t->ndim, t->shape, w, e);
+    free(w);
+    return rc;
+}
+
+// Weights ws[0..n) stacked by rows as one tensor (Phi-3's qkv_proj, gate_up_proj).
+static int add_fused(StWriter *sw, const char *name, const Weight *const *ws, int n, Err *e) {
+    int64_t rows = 0, cols = ws[0]->cols;
+    for (int i = 0; i < n; i++) rows += ws[i]->rows;
+    float *buf = xmalloc((size_t)(rows * cols) * sizeof(float), "weight copy", e);
+    if (!buf) return -1;
+    for (int i = 0, r = 0; i < n; i++)
+        for (int64_t k = 0; k < ws[i]->rows; k++, r++) weight_row_f32(ws[i], k, buf + (size_t)r * cols);
+    int64_t shape[2] = {rows, cols};
+    int rc = stw_add_f32(sw, name, ST_F32, 2, shape, buf, e);
+    free(buf);
+    return rc;
+}
+
 int model_save_hf(const Model *m, const char *dir, Err *e) {
     const ModelConfig *c = &m->cfg;
     if (make_dirs(dir, e)) return -1;
@@ -931,16 +1078,27 @@ int model_save_hf(const Model *m, const char *dir, Err *e) {
     if (!rc) rc = add_weight(sw, "model.embed_tokens.weight", &m->emb, e);
     for (int l = 0; l < c->n_layers && !rc; l++) {
         const Layer *L = &m->layers[l];
-        tensor_name(&HF_NAMES, name, sizeof name, R_ATTN_NORM, l, 0);
-        rc = add_tensor(sw, name, L->attn_norm, e);
+        const NameScheme *s = scheme_of(c, 0);
+        tensor_name(s, name, sizeof name, R_ATTN_NORM, l, 0);
+        rc = add_norm(sw, name, L->attn_norm, c->norm_offset, e);
         for (int t = 0; t < LT_COUNT && !rc; t++) {
-            tensor_name(&HF_NAMES, name, sizeof name, R_WEIGHT, l, (LoraTarget)t);
-            rc = add_weight(sw, name, &L->w[t], e);
+            if (!s->w[t]) continue;  // a fused member, written with its group
+            tensor_name(s, name, sizeof name, R_WEIGHT, l, (LoraTarget)t);
+            if (c->fused_proj && (t == LT_Q || t == LT_GATE)) {
+                const Weight *ws[3] = {&L->w[t], &L->w[t + 1], t == LT_Q ? &L->w[LT_V] : NULL};
+                rc = add_fused(sw, name, ws, t == LT_Q ? 3 : 2, e);
+            } else {
+                rc = add_weight(sw, name, &L->w[t], e);
+            }
+            if (!rc && L->bias[t]) {
+                tensor_name(s, name, sizeof name, R_BIAS, l, (LoraTarget)t);
+                rc = add_tensor(sw, name, L->bias[t], e);
+            }
         }
-        tensor_name(&HF_NAMES, name, sizeof name, R_FFN_NORM, l, 0);
-        if (!rc) rc = add_tensor(sw, name, L->ffn_norm, e);
+        tensor_name(s, name, sizeof name, R_FFN_NORM, l, 0);
+        if (!rc) rc = add_norm(sw, name, L->ffn_norm, c->norm_offset, e);
     }
-    if (!rc) rc = add_tensor(sw, "model.norm.weight", m->final_norm, e);
+    if (!rc) rc = add_norm(sw, "model.norm.weight", m->final_norm, c->norm_offset, e);
     if (!rc && !c->tied_embeddings) rc = add_weight(sw, "lm_head.weight", &m->lm_head, e);
     if (!rc) rc = stw_save(sw, path_join(path, sizeof path, dir, "model.safetensors"), e);
     stw_free(sw);

@@ -465,12 +465,17 @@ static void test_attention(Tape *t) {
 
 typedef struct {
     Tensor *a, *b;
-    int which;  // 0 swiglu, 1 add
+    int which;  // 0 swiglu, 1 add, 2 geglu, 3 add_bias (b: the first row's worth)
 } PairCtx;
 
 static Tensor *pair_fwd(Tape *t, void *c) {
     PairCtx *p = c;
-    return p->which ? op_add(t, p->a, p->b) : op_swiglu(t, p->a, p->b);
+    switch (p->which) {
+    case 1: return op_add(t, p->a, p->b);
+    case 2: return op_geglu(t, p->a, p->b);
+    case 3: return op_add_bias(t, p->a, p->b);
+    default: return op_swiglu(t, p->a, p->b);
+    }
 }
 
 static void test_swiglu_add(Tape *t) {
@@ -487,6 +492,29 @@ static void test_swiglu_add(Tape *t) {
     check_fd("swiglu", t, pair_fwd, &p, xs, 1);
     p.which = 1;
     check_fd("add", t, pair_fwd, &p, xs, 1);
+    // GeGLU: forward against the formula in double, backward by finite differences
+    p.which = 2;
+    tape_reset(t);
+    y = pair_fwd(t, &p);
+    err = 0;
+    for (int64_t i = 0; i < 15; i++) {
+        double g = p.a->data[i];
+        double ref = 0.5 * g * (1 + tanh(sqrt(2 / M_PI) * (g + 0.044715 * g * g * g))) * p.b->data[i];
+        err = fmax(err, fabs(ref - y->data[i]) / fmax(fabs(ref), 1e-3));
+    }
+    CHECK("geglu (gelu_pytorch_tanh) forward vs naive", err < 1e-5, "rel err %.3g", err);
+    check_fd("geglu", t, pair_fwd, &p, xs, 1);
+    tensor_free(p.b);
+    // bias: x (3,5) + b (5), gradient to both
+    p.b = param(1, 5, 0, 0, 1, 1.0f, "bias");
+    p.which = 3;
+    tape_reset(t);
+    y = pair_fwd(t, &p);
+    err = 0;
+    for (int64_t i = 0; i < y->n; i++) err = fmax(err, fabs(y->data[i] - p.a->data[i] - p.b->data[i % 5]));
+    CHECK("add_bias forward", y->n == 15 && err < 1e-6, "err %.3g", err);
+    Tensor *xb[] = {p.a, p.b, NULL};
+    check_fd("add_bias", t, pair_fwd, &p, xb, 1);
     tensor_free(p.a);
     tensor_free(p.b);
 }

@@ -747,14 +747,22 @@ static void test_bad_models(void) {
     Err e = {{0}};
     make_dirs(d, &e);
     char cmd[4096];
-    // a Qwen2 config: rejected by name
+    // an unsupported architecture (Gemma-2): rejected by name
     snprintf(cmd, sizeof cmd,
-             "cp %s/refhf/f16_untied/model.safetensors %s/ && sed 's/\"llama\"/\"qwen2\"/; "
-             "s/LlamaForCausalLM/Qwen2ForCausalLM/' %s/refhf/f16_untied/config.json > %s/config.json",
+             "cp %s/refhf/f16_untied/model.safetensors %s/ && sed 's/\"llama\"/\"gemma2\"/; "
+             "s/LlamaForCausalLM/Gemma2ForCausalLM/' %s/refhf/f16_untied/config.json > %s/config.json",
              tmp, d, tmp, d);
     if (system(cmd) != 0) return;
     Model *m = model_load(d, &e);
-    CHECK("hf_rejects_qwen2", !m && strstr(e.msg, "qwen2") && strstr(e.msg, "config.json"), "%s", e.msg);
+    CHECK("hf_rejects_gemma2", !m && strstr(e.msg, "gemma2") && strstr(e.msg, "config.json"), "%s", e.msg);
+    model_free(m);
+    // a Qwen2 config over a file without q/k/v biases: the missing bias is named
+    snprintf(cmd, sizeof cmd,
+             "sed 's/\"llama\"/\"qwen2\"/; s/LlamaForCausalLM/Qwen2ForCausalLM/' "
+             "%s/refhf/f16_untied/config.json > %s/config.json", tmp, d);
+    if (system(cmd) != 0) return;
+    m = model_load(d, &e);
+    CHECK("hf_qwen2_missing_bias", !m && strstr(e.msg, "model.layers.0.self_attn.q_proj.bias"), "%s", e.msg);
     model_free(m);
     // wrong hidden size in config: a tensor shape error naming the tensor and both shapes
     snprintf(cmd, sizeof cmd, "sed 's/\"intermediate_size\": 40/\"intermediate_size\": 48/' %s/refhf/f16_untied/config.json > %s/config.json", tmp, d);

@@ -91,6 +91,7 @@ int train_config_set(TrainConfig *c, const char *key_in, const char *v, Err *e) 
     if (IS("rslora") || IS("use_rslora")) return parse_bool(key, v, &c->use_rslora, e);
     if (IS("quant")) return quant_parse(v, &c->quant, e);
     if (IS("quant_cache")) return set_path(c->quant_cache, sizeof c->quant_cache, key, v, e);
+    if (IS("profile")) return parse_bool(key, v, &c->profile, e);
     if (IS("grad_checkpointing")) return parse_bool(key, v, &c->grad_checkpointing, e);
     if (IS("format")) {
         int f = (int)data_format_parse(v, e);

@@ -26,6 +26,7 @@ typedef struct {
     // frozen base and memory
     QuantType quant;           // QUANT_NF4 (QLoRA, the default) or QUANT_NONE (`--quant`)
     char quant_cache[1024];    // "" or a file caching the quantized base (`--quant-cache`)
+    int profile;               // 1: per-op wall-time table at the end (`--profile`)
     int grad_checkpointing;    // 1: each block recomputed in backward (`--grad-checkpointing`)
     // data
     DataOptions data_opts;

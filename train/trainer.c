@@ -30,11 +30,13 @@ float train_step(Tape *t, const Model *m, LoraAdapter *lora, AdamW *opt, const B
     tape_reset(t);
     tape_set_recording(t, was_recording);
     tape_set_training(t, was_training);
+    double t_opt = tape_profile_now();
     float gn = grads_clip_global_norm(opt->params, opt->n_params, c->max_grad_norm);
     int64_t warmup = c->warmup_steps > 0 ? c->warmup_steps : (int64_t)ceil((double)c->warmup_ratio * total_steps);
     float rate = sched_lr(c->sched, c->lr, step, warmup, total_steps);
     adamw_step(opt, rate);
     adamw_zero_grad(opt);
+    tape_profile_add(t, "optimizer (AdamW+clip)", tape_profile_now() - t_opt);
     if (grad_norm) *grad_norm = gn;
     if (lr) *lr = rate;
     return (float)total;
@@ -47,6 +49,8 @@ double evaluate_loss(Tape *t, const Model *m, const LoraAdapter *lora, const Dat
     int was_recording = tape_recording(t), was_training = tape_training(t);
     tape_set_recording(t, 0);
     tape_set_training(t, 0);
+    double t_eval = tape_profile_now();
+    tape_profile_pause(t, 1);
     double sum = 0;
     long count = 0;
     Batch b = {0};
@@ -64,6 +68,8 @@ double evaluate_loss(Tape *t, const Model *m, const LoraAdapter *lora, const Dat
     }
     tape_reset(t);
     batch_free(&b);
+    tape_profile_pause(t, 0);
+    tape_profile_add(t, "eval", tape_profile_now() - t_eval);
     tape_set_recording(t, was_recording);
     tape_set_training(t, was_training);
     if (n_tokens) *n_tokens = count;
@@ -231,6 +237,7 @@ static int run_setup(Run *r, const TrainConfig *c, Err *e) {
     if (!(r->tape = tape_new(e))) return -1;
     tape_seed(r->tape, c->seed + 1);
     tape_set_checkpointing(r->tape, c->grad_checkpointing);
+    tape_set_profile(r->tape, c->profile);
     MemoryPlan plan;
     model_memory_plan(r->model, r->lora, 2, c->batch_size, dopt.seq_len, &plan);
     model_print_memory_plan(stdout, r->model, &plan, c->batch_size, dopt.seq_len, c->grad_checkpointing);
@@ -337,10 +344,12 @@ int train_run(const TrainConfig *c, Err *e) {
     double window_t = now_seconds();
     for (int64_t step = st.step; step < total; step++) {
         long tokens = 0;
+        double t_data = tape_profile_now();
         for (int i = 0; i < r.n_micro; i++) {
             if (loader_next(r.loader, &r.micro[i], e)) goto done;
             tokens += r.micro[i].n_tokens;
         }
+        tape_profile_add(r.tape, "data", tape_profile_now() - t_data);
         float gn, lr;
         float loss = train_step(r.tape, r.model, r.lora, r.opt, r.micro, r.n_micro, c, step, total, &gn, &lr);
         if (!isfinite(loss)) {
@@ -391,6 +400,7 @@ int train_run(const TrainConfig *c, Err *e) {
     printf("held-out loss: %.4f -> %.4f (ppl %.2f -> %.2f)\n", val_before, val_after, exp(val_before), exp(val_after));
     printf("adapter saved to %s (adapter_model.safetensors, adapter_config.json); %.1fs, peak RSS %.0f MiB\n",
            c->out, now_seconds() - t0, peak_rss_bytes() / 1048576.0);
+    if (c->profile) tape_profile_print(r.tape, stdout);
     rc = 0;
 done:
     run_free(&r);
