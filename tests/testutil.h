@@ -113,4 +113,9 @@ static inline int tu_vectors_read(const char *dir, const char *name, TuVectors *
     return 0;
 }
 
+// 1 when /usr/bin/python3 can import torch (the PyTorch reference oracle).
+static inline int tu_have_torch(void) {
+    return system("/usr/bin/python3 -c 'import torch' >/dev/null 2>&1") == 0;
+}
+
 static inline int tu_exit(void) { return tu_failed ? 1 : 0; }
