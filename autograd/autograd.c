@@ -28,6 +28,7 @@ struct Tape {
     size_t high_water;        // max over time of bytes of the arena passed over so far
     Node *last;               // most recent node
     int recording, training, checkpointing;
+    int compute_bf16;         // read on the root tape only
     Rng rng;
     float *scratch[SCR_COUNT];  // used on the root tape only
     size_t scratch_n[SCR_COUNT];
@@ -231,6 +232,8 @@ void tape_prof_end(Tape *t, double t0) {
 }
 void tape_set_checkpointing(Tape *t, int on) { t->checkpointing = on ? 1 : 0; }
 int tape_checkpointing(const Tape *t) { return t->checkpointing; }
+void tape_set_compute_bf16(Tape *t, int on) { t->root->compute_bf16 = on && bf16_gemm_supported(); }
+int tape_compute_bf16(const Tape *t) { return t->root->compute_bf16; }
 
 static void add_block(Tape *t, size_t min_bytes) {
     size_t total = 0;

@@ -121,6 +121,14 @@ Tensor *op_checkpoint(Tape *t, Tensor *x, CheckpointFn fn, void *ctx, int has_pa
 void tape_set_checkpointing(Tape *t, int on);
 int tape_checkpointing(const Tape *t);
 
+// Compute dtype of the big frozen-weight matmuls (op_lora_linear's W in forward and input
+// gradient, op_linear_cross_entropy's lm_head): off = fp32 (default); on = bf16 operands with
+// fp32 accumulation (quant.h's AVX-512 BF16 GEMMs; `--compute-dtype bf16`), for x with at
+// least 16 rows (decoding keeps its fp32 GEMVs). Setting it on a CPU without AVX-512 BF16
+// leaves fp32 (tape_compute_bf16 then reads 0). LoRA A/B, attention, norms stay fp32.
+void tape_set_compute_bf16(Tape *t, int on);
+int tape_compute_bf16(const Tape *t);
+
 // Arena allocation, valid until tape_reset. Aborts via die_internal only if the machine is
 // truly out of memory (a user-facing check of sizes happens before training starts).
 void *tape_alloc(Tape *t, size_t bytes);   // 64-byte aligned, uninitialised

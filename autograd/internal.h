@@ -31,7 +31,7 @@ Node *tape_record(Tape *t, BackwardFn backward, Tensor *out);
 float *tape_grad(Tape *t, Tensor *x);
 
 // Reusable scratch buffers kept across tape_reset (contents undefined between ops).
-enum { SCR_WTILE, SCR_A, SCR_B, SCR_C, SCR_COUNT };
+enum { SCR_WTILE, SCR_A, SCR_B, SCR_C, SCR_GEMM, SCR_COUNT };
 float *tape_scratch(Tape *t, int slot, size_t nfloats);
 
 // ---- profiling (profile.c) --------------------------------------------------------------------

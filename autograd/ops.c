@@ -163,9 +163,35 @@ static void bf16_gemv(float *out, const float *x, const uint16_t *w, int64_t N, 
     }
 }
 
+// ---- bf16 compute (tape_compute_bf16): quant.h's AVX-512 BF16 GEMMs over any weight type
+#define BF16_MIN_N 16  // fewer rows of x (decoding): the fp32 GEMV paths
+
+static TiledWeight weight_tiled(const Weight *w) {
+    switch (w->type) {
+    case WT_F32: return tiled_f32(w->data, w->rows, w->cols);
+    case WT_BF16: return tiled_bf16(w->data, w->rows, w->cols);
+    case WT_NF4: return tiled_nf4(w->data);
+    case WT_GGQ: return tiled_ggq(w->data);
+    }
+    die_internal("weight %s: unknown type %d", w->name ? w->name : "", (int)w->type);
+    return tiled_f32(NULL, 0, 0);
+}
+
+static int use_bf16(Tape *t, int64_t N) { return N >= BF16_MIN_N && tape_compute_bf16(t); }
+
+// GEMM scratch for an (N, K) activation operand, in tape scratch
+static void *bf16_scratch(Tape *t, int64_t N, int64_t K) {
+    return tape_scratch(t, SCR_GEMM, bf16_gemm_scratch_bytes(N, K) / sizeof(float) + 1);
+}
+
 // x (N,C), w (OC,C) -> out (N,OC)      out = x wᵀ
 void weight_matmul_xwt(Tape *t, const Weight *w, const float *x, int64_t N, float *out) {
     int64_t OC = w->rows, C = w->cols;
+    if (use_bf16(t, N)) {
+        TiledWeight tw = weight_tiled(w);
+        bf16_matmul_xwt(x, N, C, &tw, out, OC, 0, bf16_scratch(t, N, C));
+        return;
+    }
     if (w->type == WT_NF4) {
         const Nf4Matrix *m = w->data;
         if (N <= NF4_GEMV_MAX_N && nf4_gemv_ok(m))
@@ -196,6 +222,11 @@ void weight_matmul_xwt(Tape *t, const Weight *w, const float *x, int64_t N, floa
 // dout (N,OC), w (OC,C) -> dx (N,C) +=   dx += dout w
 void weight_matmul_dyw(Tape *t, const Weight *w, const float *dout, int64_t N, float *dx) {
     int64_t OC = w->rows, C = w->cols;
+    if (use_bf16(t, N)) {
+        TiledWeight tw = weight_tiled(w);
+        bf16_matmul_dyw(dout, N, OC, &tw, dx, C, 1, bf16_scratch(t, N, OC));
+        return;
+    }
     if (w->type == WT_NF4) {
         const Nf4Matrix *m = w->data;
         if (nf4_matmul_dyw(dout, N, m, dx, 1, tape_scratch(t, SCR_WTILE, nf4_scratch_floats(m)), NULL))

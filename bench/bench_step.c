@@ -20,6 +20,7 @@
 #include "autograd/autograd.h"
 #include "model/model.h"
 #include "optim/optim.h"
+#include "quant/quant.h"
 
 static double now_s(void) {
     struct timespec ts;
@@ -80,6 +81,8 @@ static int bench_train(const char *dir, const char *quant, int B, int T, int ste
     tape_set_recording(t, 1);
     tape_set_training(t, 1);
     tape_set_checkpointing(t, ckpt);
+    const char *cd = getenv("BENCH_COMPUTE");  // bf16 (default where supported) | fp32
+    tape_set_compute_bf16(t, !cd || strcmp(cd, "fp32") != 0);
     int prof = getenv("BENCH_PROFILE") != NULL;  // per-op table on stderr (as lora train --profile)
     tape_set_profile(t, prof);
     int n = B * T, V = m->cfg.vocab_size;
@@ -112,9 +115,9 @@ static int bench_train(const char *dir, const char *quant, int B, int T, int ste
     qsort(dt + (steps > 1), warm, sizeof(double), cmp_double);
     double med = dt[(steps > 1) + warm / 2];
     double fl = step_flops(&m->cfg, B, T, 8);
-    printf("mode=train quant=%s B=%d T=%d ckpt=%d step_s=%.4f first_s=%.4f tok_s=%.2f gflops=%.2f "
+    printf("mode=train quant=%s compute=%s B=%d T=%d ckpt=%d step_s=%.4f first_s=%.4f tok_s=%.2f gflops=%.2f "
            "peak_rss_mb=%.1f load_s=%.2f loss=%.4f arena_mb=%.1f step_gflop=%.1f\n",
-           quant, B, T, ckpt, med, dt[0], n / med, fl / med / 1e9, peak_rss_mb(), t_load, loss_v,
+           quant, tape_compute_bf16(t) ? "bf16" : "fp32", B, T, ckpt, med, dt[0], n / med, fl / med / 1e9, peak_rss_mb(), t_load, loss_v,
            tape_arena_bytes(t) / 1048576.0, fl / 1e9);
     free(dt);
     free(ids);
@@ -166,6 +169,52 @@ static int bench_decode(const char *dir, const char *quant, int prompt, int nnew
     return 0;
 }
 
+// One frozen NF4 matmul pair (y = x Wᵀ and dx = dy W) of shape M x (OC,C), timed for the fp32
+// path (dequantized tiles + cblas_sgemm) and the bf16 path (AVX-512 BF16 kernel); GFLOP/s.
+static int bench_gemm(int64_t M, int64_t OC, int64_t C, int reps) {
+    Err e = {{0}};
+    float *w = malloc(sizeof(float) * OC * C), *x = malloc(sizeof(float) * M * C), *y = malloc(sizeof(float) * M * OC);
+    float *dx = malloc(sizeof(float) * M * C);
+    uint64_t s = 7;
+    for (int64_t i = 0; i < OC * C; i++) {
+        s = s * 6364136223846793005ULL + 1442695040888963407ULL;
+        w[i] = (float)((s >> 40) & 0xFFFF) / 65536.0f - 0.5f;
+    }
+    for (int64_t i = 0; i < M * C; i++) x[i] = w[i % (OC * C)];
+    Nf4Matrix q;
+    if (nf4_quantize(w, OC, C, "bench", &q, &e)) return fail(&e);
+    float *scr = malloc(sizeof(float) * nf4_scratch_floats(&q));
+    int64_t K = C > OC ? C : OC;
+    void *bscr = malloc(bf16_gemm_scratch_bytes(M, K));
+    TiledWeight tw = tiled_nf4(&q);
+    double fl = 2.0 * M * OC * C, best[4] = {1e9, 1e9, 1e9, 1e9};
+    int bf = bf16_gemm_supported();
+    for (int r = 0; r < reps; r++) {
+        double a = now_s();
+        nf4_matmul_xwt(x, M, &q, y, 0, scr, &e);
+        double b = now_s();
+        nf4_matmul_dyw(y, M, &q, dx, 0, scr, &e);
+        double c = now_s();
+        if (b - a < best[0]) best[0] = b - a;
+        if (c - b < best[1]) best[1] = c - b;
+        if (!bf) continue;
+        a = now_s();
+        bf16_matmul_xwt(x, M, C, &tw, y, OC, 0, bscr);
+        b = now_s();
+        bf16_matmul_dyw(y, M, OC, &tw, dx, C, 0, bscr);
+        c = now_s();
+        if (b - a < best[2]) best[2] = b - a;
+        if (c - b < best[3]) best[3] = c - b;
+    }
+    printf("mode=gemm M=%lld OC=%lld C=%lld fp32_xwt_gflops=%.1f fp32_dyw_gflops=%.1f bf16_xwt_gflops=%.1f "
+           "bf16_dyw_gflops=%.1f\n",
+           (long long)M, (long long)OC, (long long)C, fl / best[0] / 1e9, fl / best[1] / 1e9,
+           bf ? fl / best[2] / 1e9 : 0.0, bf ? fl / best[3] / 1e9 : 0.0);
+    nf4_free(&q);
+    free(w), free(x), free(y), free(dx), free(scr), free(bscr);
+    return 0;
+}
+
 // Writes the random-weight model bench.sh times (as `lora init-model`, std 0.02, seed 1).
 static int bench_init(char **a) {
     Err e = {{0}};
@@ -181,10 +230,13 @@ int main(int argc, char **argv) {
     if (argc >= 7 && !strcmp(argv[1], "train"))
         return bench_train(argv[2], argv[3], atoi(argv[4]), atoi(argv[5]), atoi(argv[6]),
                            argc > 7 ? atoi(argv[7]) : 1);
+    if (argc >= 5 && !strcmp(argv[1], "gemm"))
+        return bench_gemm(atoll(argv[2]), atoll(argv[3]), atoll(argv[4]), argc > 5 ? atoi(argv[5]) : 5);
     if (argc >= 6 && !strcmp(argv[1], "decode"))
         return bench_decode(argv[2], argv[3], atoi(argv[4]), atoi(argv[5]));
     fprintf(stderr, "usage: bench_step train MODEL_DIR nf4|none B T STEPS [CKPT 1|0]\n"
                     "       bench_step decode MODEL_DIR nf4|none PROMPT NEW\n"
+                    "       bench_step gemm M OC C [REPS]\n"
                     "       bench_step init OUT_DIR DIM LAYERS HEADS KV_HEADS FFN VOCAB TIED\n");
     return 2;
 }

@@ -204,3 +204,41 @@ int ggq_matmul_xwt(const float *x, int64_t N, const GgqMatrix *w, float *y, int 
 // dy (N,OC), W (OC,C) -> dx (N,C)    dx = dy W  (accumulate: dx += dy W)
 int ggq_matmul_dyw(const float *dy, int64_t N, const GgqMatrix *w, float *dx, int accumulate,
                    float *scratch, Err *e);
+
+// =========================================================================================
+// ---- bf16 compute: AVX-512 BF16 GEMMs over any frozen weight (`--compute-dtype bf16`) ----
+// =========================================================================================
+// The activation matrix is rounded to bf16 (round to nearest even) once per call; W is read
+// through its format's tile callback (fp32), rounded to bf16 and packed tile by tile (never
+// a whole bf16 copy); products are summed in fp32 by vdpbf16ps, in blocks of 256 k with fp32
+// adds between blocks. As torch.autocast(bfloat16) but with fp32 accumulation throughout.
+// Results do not depend on the thread count. Relative error against fp32: about 2^-8 per
+// operand (bf16 keeps 8 significant bits), far below NF4's own quantization error.
+
+// A frozen (rows, cols) weight seen through a tile callback. A view of rows [r0, r0+rows) of
+// the underlying matrix (tiled_rows); ld = the underlying row length (f32 / bf16 arrays).
+typedef struct TiledWeight TiledWeight;
+struct TiledWeight {
+    const void *w;
+    // rows [r0, r0+nr) x cols [c0, c0+nc) of this view -> out (nr, nc) fp32, row stride ldo.
+    // Called from inside the GEMM's parallel region: runs on the calling thread.
+    void (*tile)(const TiledWeight *w, int64_t r0, int64_t nr, int64_t c0, int64_t nc, float *out, int64_t ldo);
+    int64_t r0, rows, cols, ld;
+};
+TiledWeight tiled_f32(const float *w, int64_t rows, int64_t cols);
+TiledWeight tiled_bf16(const uint16_t *w, int64_t rows, int64_t cols);
+TiledWeight tiled_nf4(const Nf4Matrix *m);
+TiledWeight tiled_ggq(const GgqMatrix *m);
+TiledWeight tiled_rows(const TiledWeight *w, int64_t r0, int64_t nrows);  // rows [r0, r0+nrows)
+
+// 1 when this CPU (and this build) has AVX-512 BF16; the GEMMs below must not be called
+// otherwise (a plain-C version of the same arithmetic is compiled for non-AVX-512 builds).
+int bf16_gemm_supported(void);
+// Scratch for one call with an (M, K) activation operand (M rows of x, K = its columns).
+size_t bf16_gemm_scratch_bytes(int64_t M, int64_t K);
+// x (N,C) row stride ldx, W (OC,C) -> y (N,OC) row stride ldy   y (+)= x Wᵀ
+void bf16_matmul_xwt(const float *x, int64_t N, int64_t ldx, const TiledWeight *w, float *y, int64_t ldy,
+                     int accumulate, void *scratch);
+// dy (N,OC) row stride lddy, W (OC,C) -> dx (N,C) row stride lddx   dx (+)= dy W
+void bf16_matmul_dyw(const float *dy, int64_t N, int64_t lddy, const TiledWeight *w, float *dx, int64_t lddx,
+                     int accumulate, void *scratch);

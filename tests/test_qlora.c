@@ -402,6 +402,47 @@ static void test_checkpointing(const char *dir) {
     }
 }
 
+// --compute-dtype bf16: the frozen-base matmuls (and the lm_head) in bf16 with fp32 sums.
+// The loss and LoRA gradients stay close to fp32 compute (bf16 keeps 8 significant bits) but
+// are not identical (the path is really taken); checkpointing stays bit-exact under bf16.
+static void test_bf16_compute(const char *dir) {
+    char name[300];
+    Err e;
+    const int B = 2, T = 48;
+    if (!bf16_gemm_supported()) {
+        SKIP("bf16 compute", "no AVX-512 BF16 on this CPU");
+        return;
+    }
+    for (int q = 0; q < 2; q++) {
+        Model *m = load_q(dir, q ? QUANT_NF4 : QUANT_NONE);
+        if (!m) {
+            CHECK("bf16 compute: load", 0, "see above");
+            return;
+        }
+        LoraAdapter *a = adapter(m, 0.0f);
+        int *ids, *tg;
+        batch(B, T, m->cfg.vocab_size, &ids, &tg);
+        Tape *t = tape_new(&e);
+        float *g32, *g16, *g16c;
+        int64_t n1, n2, n3;
+        float l32 = step(t, m, a, ids, tg, B, T, 0, &g32, &n1, NULL);
+        tape_set_compute_bf16(t, 1);
+        float l16 = step(t, m, a, ids, tg, B, T, 0, &g16, &n2, NULL);
+        float l16c = step(t, m, a, ids, tg, B, T, 1, &g16c, &n3, NULL);
+        double ge = scaled_err(g16, g32, n1);
+        snprintf(name, sizeof name, "%s: bf16 compute close to fp32: loss %.6f vs %.6f, LoRA grads err %.2e",
+                 q ? "nf4" : "fp32", l16, l32, ge);
+        CHECK(name, tape_compute_bf16(t) && n1 == n2 && fabs(l16 - l32) < 2e-3 * fabs(l32) && ge < 3e-2 && ge > 0,
+              "too far (or identical: the bf16 path was not taken)");
+        snprintf(name, sizeof name, "%s: bf16 compute: checkpointing bit-identical", q ? "nf4" : "fp32");
+        CHECK(name, n3 == n2 && l16c == l16 && !memcmp(g16, g16c, (size_t)n2 * 4), "differs");
+        free(g32), free(g16), free(g16c), free(ids), free(tg);
+        tape_free(t);
+        lora_free(a);
+        model_free(m);
+    }
+}
+
 static long status_kb(const char *key) {
     FILE *f = fopen("/proc/self/status", "r");
     char line[256];
@@ -583,6 +624,7 @@ int main(void) {
     waitpid(pid, &st, 0);
     CHECK("write the bigger model (child process)", WIFEXITED(st) && WEXITSTATUS(st) == 0, "status %d", st);
     test_checkpointing(dir);
+    test_bf16_compute(dir);
     test_load(dir, big);
     test_cache(dir, root);
     return tu_exit();

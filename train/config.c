@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "quant/quant.h"
 #include "train/train.h"
 
 void train_config_default(TrainConfig *c) {
@@ -28,6 +29,21 @@ void train_config_default(TrainConfig *c) {
     c->seed = 42;
     c->log_every = 1;
 }
+
+static const char *const COMPUTE_NAMES[] = {"auto", "fp32", "bf16"};
+
+int compute_dtype_parse(const char *s, ComputeDtype *out, Err *e) {
+    for (int i = 0; i < 3; i++)
+        if (!strcmp(s, COMPUTE_NAMES[i])) {
+            *out = (ComputeDtype)i;
+            return 0;
+        }
+    return err_set(e, "compute_dtype: expected auto, fp32 or bf16, got \"%s\"", s);
+}
+
+const char *compute_dtype_name(ComputeDtype d) { return COMPUTE_NAMES[d]; }
+
+int compute_dtype_bf16(ComputeDtype d) { return d != COMPUTE_FP32 && bf16_gemm_supported(); }
 
 static int parse_int(const char *key, const char *v, int lo, int hi, int *out, Err *e) {
     char *end;
@@ -93,6 +109,7 @@ int train_config_set(TrainConfig *c, const char *key_in, const char *v, Err *e) 
     if (IS("quant_cache")) return set_path(c->quant_cache, sizeof c->quant_cache, key, v, e);
     if (IS("profile")) return parse_bool(key, v, &c->profile, e);
     if (IS("grad_checkpointing")) return parse_bool(key, v, &c->grad_checkpointing, e);
+    if (IS("compute_dtype")) return compute_dtype_parse(v, &c->compute, e);
     if (IS("format")) {
         int f = (int)data_format_parse(v, e);
         if (f < 0) return -1;
@@ -213,6 +230,7 @@ int train_config_save(const TrainConfig *c, const char *path, Err *e) {
     S("quant", quant_name(c->quant));
     S("quant_cache", c->quant_cache);
     BOOL("grad_checkpointing", c->grad_checkpointing);
+    S("compute_dtype", compute_dtype_name(c->compute));
     static const char *const FORMATS[] = {"auto", "alpaca", "completion", "messages", "text"};
     S("format", FORMATS[c->data_opts.format]);
     S("template", template_name(c->data_opts.tpl));

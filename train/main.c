@@ -49,6 +49,8 @@ static const char *USAGE =
     "  --quant nf4|none (default nf4: QLoRA, the frozen base in 4 bits; none: fp32 base)\n"
     "  --quant-cache FILE (keep the quantized base in FILE: later runs on the same model load it)\n"
     "  --grad-checkpointing true|false (default true: recompute each block in backward)\n"
+    "  --compute-dtype auto|bf16|fp32 (default auto: bf16 matmuls over the frozen base with fp32\n"
+    "    accumulation where the CPU has AVX-512 BF16, else fp32; evaluation always fp32)\n"
     "  --profile (wall time per op: forward, recompute, backward; optimizer, data, eval)\n"
     "generate, eval, chat and serve take --quant auto|nf4|none too (default auto: the quant the\n"
     "  --adapter was trained with, from its train_config.json, else none).\n"

@@ -10,6 +10,13 @@
 #include "optim/optim.h"
 #include "infer/infer.h"
 
+// Compute dtype of the frozen-base matmuls during training steps (evaluation is always fp32).
+typedef enum { COMPUTE_AUTO, COMPUTE_FP32, COMPUTE_BF16 } ComputeDtype;
+int compute_dtype_parse(const char *s, ComputeDtype *out, Err *e);  // auto | fp32 | bf16
+const char *compute_dtype_name(ComputeDtype d);
+// What a run with d uses: 1 = bf16, 0 = fp32 (fp32 always without AVX-512 BF16).
+int compute_dtype_bf16(ComputeDtype d);
+
 typedef struct {
     // inputs / outputs
     char model[1024];          // HF dir, .gguf or .bin
@@ -28,6 +35,8 @@ typedef struct {
     char quant_cache[1024];    // "" or a file caching the quantized base (`--quant-cache`)
     int profile;               // 1: per-op wall-time table at the end (`--profile`)
     int grad_checkpointing;    // 1: each block recomputed in backward (`--grad-checkpointing`)
+    ComputeDtype compute;      // COMPUTE_AUTO: bf16 matmuls over the frozen base where the CPU
+                               // has AVX-512 BF16, else fp32 (`--compute-dtype`)
     // data
     DataOptions data_opts;
     float val_fraction;        // 0.1 when val_data is empty

@@ -17,9 +17,10 @@ float train_step(Tape *t, const Model *m, LoraAdapter *lora, AdamW *opt, const B
     long kept = 0;
     for (int i = 0; i < n_micro; i++) kept += micro[i].n_targets;
     float norm = kept > 0 ? (float)kept : 1.0f;
-    int was_recording = tape_recording(t), was_training = tape_training(t);
+    int was_recording = tape_recording(t), was_training = tape_training(t), was_bf16 = tape_compute_bf16(t);
     tape_set_recording(t, 1);
     tape_set_training(t, 1);
+    tape_set_compute_bf16(t, compute_dtype_bf16(c->compute));
     double total = 0;
     for (int i = 0; i < n_micro; i++) {
         tape_reset(t);
@@ -30,6 +31,7 @@ float train_step(Tape *t, const Model *m, LoraAdapter *lora, AdamW *opt, const B
     tape_reset(t);
     tape_set_recording(t, was_recording);
     tape_set_training(t, was_training);
+    tape_set_compute_bf16(t, was_bf16);
     double t_opt = tape_profile_now();
     float gn = grads_clip_global_norm(opt->params, opt->n_params, c->max_grad_norm);
     int64_t warmup = c->warmup_steps > 0 ? c->warmup_steps : (int64_t)ceil((double)c->warmup_ratio * total_steps);
@@ -238,6 +240,10 @@ static int run_setup(Run *r, const TrainConfig *c, Err *e) {
     tape_seed(r->tape, c->seed + 1);
     tape_set_checkpointing(r->tape, c->grad_checkpointing);
     tape_set_profile(r->tape, c->profile);
+    if (c->compute == COMPUTE_BF16 && !compute_dtype_bf16(c->compute))
+        printf("note: --compute-dtype bf16: this CPU has no AVX-512 BF16, the matmuls run in fp32\n");
+    printf("compute: %s matmuls over the frozen base in training steps (evaluation in fp32)\n",
+           compute_dtype_bf16(c->compute) ? "bf16 (AVX-512 BF16, fp32 accumulation)" : "fp32");
     MemoryPlan plan;
     model_memory_plan(r->model, r->lora, 2, c->batch_size, dopt.seq_len, &plan);
     model_print_memory_plan(stdout, r->model, &plan, c->batch_size, dopt.seq_len, c->grad_checkpointing);
