@@ -90,7 +90,11 @@ static void pack_a(uint32_t *ap, const float *a, int64_t M, int64_t K, int64_t l
             if (r < M) {
                 to_bf16(row, a + r * lda, K);
                 if (K & 1) row[K] = 0;
-                for (int64_t kp = 0; kp < KP; kp++) blk[kp * BG_MR + m] = pair(row[2 * kp], row[2 * kp + 1]);
+                for (int64_t kp = 0; kp < KP; kp++) {  // the pair (2kp, 2kp+1) is one 32-bit word
+                    uint32_t w;
+                    memcpy(&w, row + 2 * kp, sizeof w);
+                    blk[kp * BG_MR + m] = w;
+                }
             } else {
                 for (int64_t kp = 0; kp < KP; kp++) blk[kp * BG_MR + m] = 0;
             }
