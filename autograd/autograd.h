@@ -145,6 +145,11 @@ void weight_matmul_xwt(Tape *t, const Weight *w, const float *x, int64_t N, floa
 // dout (N,OC), w (OC,C) -> dx (N,C) +=   dx += dout w
 void weight_matmul_dyw(Tape *t, const Weight *w, const float *dout, int64_t N, float *dx);
 
+// The exp the kernels use (softmax, sigmoid, cross-entropy), exposed so that tests can measure
+// it: x (n) -> y (n), y = exp(x) (AVX-512 polynomial within 2 ulp of the exact value, else
+// expf; -inf and x < -104 give 0, x > 89 gives inf, NaN stays NaN). y may equal x.
+void vec_exp(float *y, const float *x, int64_t n);
+
 // ---- ops -------------------------------------------------------------------------------
 // Each returns a new intermediate tensor on the tape. Shapes are checked; a mismatch is an
 // internal error (die_internal) because the model code builds every shape.
@@ -206,8 +211,9 @@ Tensor *op_cross_entropy(Tape *t, Tensor *logits, const int *targets, float norm
 
 // x (N,C), w (V,C) frozen, targets (N) -> out (1)
 //   out = op_cross_entropy(x wᵀ, targets, norm), without ever holding the (N,V) logits:
-// only rows with a target are computed, over tiles of the vocabulary (at most ~16 MiB of
-// logits at a time) with an online log-sum-exp; backward recomputes each tile's logits and
-// accumulates dx += (softmax - onehot) w tile by tile. Equal to the unfused ops up to fp32
-// rounding.
+// only rows with a target are computed, in chunks of rows whose logits over the whole
+// vocabulary take at most ~32 MiB (tape scratch). When recorded, the forward also computes
+// the gradient of those rows, dx = (softmax - onehot)/norm · w (kept on the tape, K x C
+// floats), and the backward only scales it by dloss: two GEMMs over the vocabulary in all.
+// Equal to the unfused ops up to fp32 rounding.
 Tensor *op_linear_cross_entropy(Tape *t, Tensor *x, const Weight *w, const int *targets, float norm);

@@ -26,6 +26,88 @@ static int *tape_ints(Tape *t, const int *src, int64_t n) {
     return p;
 }
 
+// ---- vector math: exp, sigmoid, row max --------------------------------------------------
+// The kernels' exp goes through exp_shift_sum and sigmoid_vec: an AVX-512 polynomial where the
+// compiler targets AVX-512, plain expf otherwise. Sums are taken in a fixed order (16 lanes,
+// then a fixed reduction), so results never depend on the thread count.
+
+#ifdef __AVX512F__
+// x (16) -> exp(x) (16). Cody-Waite reduction x = n·ln2 + r, |r| <= ln2/2 (ln2 split in a
+// 9-bit head, so n·ln2_hi and x - n·ln2_hi are exact, and a tail), e^r = 1 + r + r²·P(r) with
+// Cephes expf's degree-5 P, then scalef multiplies by 2^n with overflow to inf and gradual
+// underflow to 0. x is first clamped to [-104, 89] (exp is 0 / inf beyond): max/min return
+// their second operand when one is NaN, so a NaN x stays NaN.
+static inline __m512 exp512(__m512 x) {
+    x = _mm512_max_ps(_mm512_set1_ps(-104.0f), x);
+    x = _mm512_min_ps(_mm512_set1_ps(89.0f), x);
+    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+    __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+    p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), r);
+    return _mm512_scalef_ps(_mm512_add_ps(p, _mm512_set1_ps(1.0f)), n);
+}
+
+// lanes [0, n) of 16 (n < 16: the tail of an array)
+static inline __mmask16 tail_mask(int64_t n) { return n >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << n) - 1); }
+#endif
+
+// Elementwise kernels take their exps / sigmoids EW_BLOCK values at a time into a stack buffer.
+#define EW_BLOCK 512
+
+// x (n) -> y (n) (NULL: not stored)    y = exp(x - m); returns Σ y. y may equal x.
+static float exp_shift_sum(float *y, const float *x, int64_t n, float m) {
+#ifdef __AVX512F__
+    __m512 vm = _mm512_set1_ps(m), acc = _mm512_setzero_ps();
+    for (int64_t j = 0; j < n; j += 16) {
+        __mmask16 k = tail_mask(n - j);
+        __m512 e = exp512(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, x + j), vm));
+        acc = _mm512_mask_add_ps(acc, k, acc, e);
+        if (y) _mm512_mask_storeu_ps(y + j, k, e);
+    }
+    return _mm512_reduce_add_ps(acc);
+#else
+    float sum = 0.0f;
+    for (int64_t j = 0; j < n; j++) {
+        float e = expf(x[j] - m);
+        sum += e;
+        if (y) y[j] = e;
+    }
+    return sum;
+#endif
+}
+
+// x (n) -> y (n)     y = σ(x) = 1 / (1 + exp(-x)). y may equal x.
+static void sigmoid_vec(float *y, const float *x, int64_t n) {
+#ifdef __AVX512F__
+    const __m512 one = _mm512_set1_ps(1.0f);
+    for (int64_t j = 0; j < n; j += 16) {
+        __mmask16 k = tail_mask(n - j);
+        __m512 e = exp512(_mm512_sub_ps(_mm512_setzero_ps(), _mm512_maskz_loadu_ps(k, x + j)));
+        _mm512_mask_storeu_ps(y + j, k, _mm512_div_ps(one, _mm512_add_ps(one, e)));
+    }
+#else
+    for (int64_t j = 0; j < n; j++) y[j] = 1.0f / (1.0f + expf(-x[j]));
+#endif
+}
+
+// x (n), n >= 1 -> max_j x[j]
+static float row_max(const float *x, int64_t n) {
+    float m = x[0];
+#pragma omp simd reduction(max : m)
+    for (int64_t j = 1; j < n; j++) m = x[j] > m ? x[j] : m;
+    return m;
+}
+
+// x (n) -> y (n)     y = exp(x)
+void vec_exp(float *y, const float *x, int64_t n) { exp_shift_sum(y, x, n, 0.0f); }
+
 // ---- embedding ------------------------------------------------------------------------------
 
 // table (V,C), ids (N) -> out (N,C)
@@ -545,8 +627,14 @@ Tensor *op_rope(Tape *t, Tensor *x, int64_t B, int64_t T, int H, int D, int pos0
 
 // ---- attention ------------------------------------------------------------------------------
 // The (B,H,Tq,Tk) probabilities are never kept: the forward saves each row's max and
-// 1/sum (B,H,Tq,2) and the backward recomputes the probabilities of one head at a time,
-// bit-identical to the forward's, in a per-thread buffer.
+// 1/sum (B,H,Tq,2) and the backward recomputes the probabilities of one block of query rows
+// at a time, bit-identical to the forward's, in a per-thread buffer.
+//
+// Queries go in blocks of ATT_BR rows; a block multiplies only against the keys some row of
+// it can see (causal: the prefix up to its last row; with a window, from its first row's
+// first key), so Q Kᵀ, P V, dP, dQ, dK and dV skip the fully masked keys (about half of the
+// work of full causal attention).
+#define ATT_BR 64
 
 // Keys visible to query i: [lo, hi] with hi = Tk - Tq + i, lo = hi - window + 1 (window > 0).
 static void visible_keys(int64_t i, int64_t Tq, int64_t Tk, int window, int64_t *lo, int64_t *hi) {
@@ -554,27 +642,34 @@ static void visible_keys(int64_t i, int64_t Tq, int64_t Tk, int window, int64_t 
     *lo = window > 0 && *hi - window + 1 > 0 ? *hi - window + 1 : 0;
 }
 
-// Q (Tq,·) row stride ldq, K (Tk,·) row stride ldk -> P (Tq,Tk): the head's probabilities
-// softmax(mask(scale · Q Kᵀ)), zero outside the visible keys. stats (Tq,2) (max, 1/sum):
-// written when fresh, else read (the backward's recomputation, giving identical values).
+// Keys visible to some query of rows [i0, i0+nr): [k0, k0+nk) (lo and hi grow with i).
+static void block_keys(int64_t i0, int64_t nr, int64_t Tq, int64_t Tk, int window, int64_t *k0, int64_t *nk) {
+    int64_t lo, hi, lo1, hi1;
+    visible_keys(i0, Tq, Tk, window, &lo, &hi);
+    visible_keys(i0 + nr - 1, Tq, Tk, window, &lo1, &hi1);
+    *k0 = lo;
+    *nk = hi1 - lo + 1;
+}
+
+// Q (nr,·) row stride ldq: queries i0.., K (nk,·) row stride ldk: keys k0.. -> P (nr,nk): the
+// probabilities softmax(mask(scale · Q Kᵀ)) of those rows, zero outside each row's visible
+// keys. stats (nr,2) (max, 1/sum): written when fresh, else read (the backward's
+// recomputation, giving identical values).
 static void attention_probs(float *P, float *stats, int fresh, const float *Q, int ldq, const float *K, int ldk,
-                            int64_t Tq, int64_t Tk, int D, int window, float scale) {
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)Tq, (int)Tk, D, scale, Q, ldq, K, ldk, 0.0f, P,
-                (int)Tk);
-    for (int64_t i = 0; i < Tq; i++) {
-        float *row = P + i * Tk;
+                            int64_t i0, int64_t nr, int64_t k0, int64_t nk, int64_t Tq, int64_t Tk, int D,
+                            int window, float scale) {
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)nr, (int)nk, D, scale, Q, ldq, K, ldk, 0.0f, P,
+                (int)nk);
+    for (int64_t i = 0; i < nr; i++) {
+        float *row = P + i * nk;
         int64_t lo, hi;
-        visible_keys(i, Tq, Tk, window, &lo, &hi);
+        visible_keys(i0 + i, Tq, Tk, window, &lo, &hi);
+        lo -= k0;
+        hi -= k0;
         float mx, inv;
         if (fresh) {
-            mx = -INFINITY;
-            for (int64_t j = lo; j <= hi; j++) mx = row[j] > mx ? row[j] : mx;
-            float sum = 0.0f;
-            for (int64_t j = lo; j <= hi; j++) {
-                row[j] = expf(row[j] - mx);
-                sum += row[j];
-            }
-            inv = 1.0f / sum;
+            mx = row_max(row + lo, hi - lo + 1);
+            inv = 1.0f / exp_shift_sum(row + lo, row + lo, hi - lo + 1, mx);
             if (stats) {
                 stats[2 * i] = mx;
                 stats[2 * i + 1] = inv;
@@ -582,17 +677,17 @@ static void attention_probs(float *P, float *stats, int fresh, const float *Q, i
         } else {
             mx = stats[2 * i];
             inv = stats[2 * i + 1];
-            for (int64_t j = lo; j <= hi; j++) row[j] = expf(row[j] - mx);
+            exp_shift_sum(row + lo, row + lo, hi - lo + 1, mx);
         }
         for (int64_t j = 0; j < lo; j++) row[j] = 0.0f;
         for (int64_t j = lo; j <= hi; j++) row[j] *= inv;
-        for (int64_t j = hi + 1; j < Tk; j++) row[j] = 0.0f;
+        for (int64_t j = hi + 1; j < nk; j++) row[j] = 0.0f;
     }
 }
 
 // q (B,Tq,H*D), k/v (B,Tk,KVH*D) -> out (B,Tq,H*D), stats (B,H,Tq,2) (NULL = not kept)
-// Per (b,h): P = softmax(mask(scale · Q Kᵀ)) in a per-thread buffer of work (nthreads,Tq,Tk),
-// O = P V.
+// Per (b,h) and block of query rows: P = softmax(mask(scale · Q Kᵀ)) over the block's visible
+// keys in a per-thread buffer of work (nthreads,ATT_BR,Tk), O = P V.
 static void attention_forward(float *out, float *stats, float *work, const float *q, const float *k,
                               const float *v, int64_t B, int64_t Tq, int64_t Tk, int H, int KVH, int D,
                               int window) {
@@ -601,20 +696,39 @@ static void attention_forward(float *out, float *stats, float *work, const float
 #pragma omp parallel for collapse(2) schedule(static)
     for (int64_t b = 0; b < B; b++)
         for (int64_t h = 0; h < H; h++) {
-            float *P = work + (int64_t)omp_get_thread_num() * Tq * Tk;
+            float *P = work + (int64_t)omp_get_thread_num() * ATT_BR * Tk;
             const float *Q = q + b * Tq * HD + h * D;
             const float *K = k + b * Tk * KD + (h / G) * D, *V = v + b * Tk * KD + (h / G) * D;
-            attention_probs(P, stats ? stats + (b * H + h) * Tq * 2 : NULL, 1, Q, (int)HD, K, (int)KD, Tq, Tk, D,
-                            window, scale);
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)Tq, D, (int)Tk, 1.0f, P, (int)Tk, V,
-                        (int)KD, 0.0f, out + b * Tq * HD + h * D, (int)HD);
+            for (int64_t i0 = 0; i0 < Tq; i0 += ATT_BR) {
+                int64_t nr = Tq - i0 < ATT_BR ? Tq - i0 : ATT_BR, k0, nk;
+                block_keys(i0, nr, Tq, Tk, window, &k0, &nk);
+                attention_probs(P, stats ? stats + ((b * H + h) * Tq + i0) * 2 : NULL, 1, Q + i0 * HD, (int)HD,
+                                K + k0 * KD, (int)KD, i0, nr, k0, nk, Tq, Tk, D, window, scale);
+                // O (nr,D) = P (nr,nk) · V[k0:k0+nk] (nk,D)
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)nr, D, (int)nk, 1.0f, P, (int)nk,
+                            V + k0 * KD, (int)KD, 0.0f, out + (b * Tq + i0) * HD + h * D, (int)HD);
+            }
         }
 }
 
+// P (nr,nk), dP (nr,nk) -> dS (nr,nk) in place of dP:   dS = P ⊙ (dP - rowsum(P ⊙ dP))
+static void softmax_backward_rows(float *dS, const float *P, int64_t nr, int64_t nk) {
+    for (int64_t i = 0; i < nr; i++) {
+        const float *pr = P + i * nk;
+        float *dr = dS + i * nk;
+        float dot = 0.0f;
+#pragma omp simd reduction(+ : dot)
+        for (int64_t j = 0; j < nk; j++) dot += pr[j] * dr[j];
+#pragma omp simd
+        for (int64_t j = 0; j < nk; j++) dr[j] = pr[j] * (dr[j] - dot);
+    }
+}
+
 // dout (B,Tq,H*D), stats (B,H,Tq,2), q, k, v -> dq (B,Tq,H*D) +=, dk, dv (B,Tk,KVH*D) +=
-// Per (b,h): P recomputed, dP = dO Vᵀ, dS = P ⊙ (dP - rowsum(P ⊙ dP)), dQ += scale dS K,
-// dK += scale dSᵀ Q, dV += Pᵀ dO. With G = H/KVH > 1 query heads share a KV head: their dK/dV
-// go to per-head buffers (B,H,Tk,D) first and are summed over the group afterwards.
+// Per (b,h) and block of query rows (over the block's visible keys): P recomputed,
+// dV += Pᵀ dO, dP = dO Vᵀ, dS = P ⊙ (dP - rowsum(P ⊙ dP)), dQ += scale dS K,
+// dK += scale dSᵀ Q. With G = H/KVH > 1 query heads share a KV head: their dK/dV go to
+// per-head buffers (B,H,Tk,D) first and are summed over the group afterwards.
 static void attention_backward(Tape *t, float *dq, float *dk, float *dv, const float *dout, const float *stats,
                                const float *q, const float *k, const float *v, int64_t B, int64_t Tq,
                                int64_t Tk, int H, int KVH, int D, int window) {
@@ -622,50 +736,51 @@ static void attention_backward(Tape *t, float *dq, float *dk, float *dv, const f
     float scale = 1.0f / sqrtf((float)D);
     int nt = omp_get_max_threads();
     int need_ds = dq || dk;
-    // per thread: P and dS (Tq,Tk) each
-    float *work = tape_scratch(t, SCR_A, (size_t)nt * 2 * Tq * Tk);
+    // per thread: P and dS (ATT_BR,Tk) each
+    float *work = tape_scratch(t, SCR_A, (size_t)nt * 2 * ATT_BR * Tk);
     float *dkh = dk && G > 1 ? tape_scratch(t, SCR_B, (size_t)(B * H * Tk * D)) : NULL;
     float *dvh = dv && G > 1 ? tape_scratch(t, SCR_C, (size_t)(B * H * Tk * D)) : NULL;
 #pragma omp parallel for collapse(2) schedule(static) num_threads(nt)
     for (int64_t b = 0; b < B; b++)
         for (int64_t h = 0; h < H; h++) {
-            float *P = work + (int64_t)omp_get_thread_num() * 2 * Tq * Tk, *dS = P + Tq * Tk;
+            float *P = work + (int64_t)omp_get_thread_num() * 2 * ATT_BR * Tk, *dS = P + ATT_BR * Tk;
             const float *Q = q + b * Tq * HD + h * D, *dO = dout + b * Tq * HD + h * D;
             const float *K = k + b * Tk * KD + (h / G) * D, *V = v + b * Tk * KD + (h / G) * D;
-            attention_probs(P, (float *)stats + (b * H + h) * Tq * 2, 0, Q, (int)HD, K, (int)KD, Tq, Tk, D, window,
-                            scale);
-            // where this head's dK, dV go: straight into dk/dv, or into its own buffer
+            // where this head's dK, dV go: straight into dk/dv, or into its own (zeroed) buffer
             float *dK = NULL, *dV = NULL;
-            int ldk = (int)KD;
-            float beta = 1.0f;
+            int64_t ldk = KD;
             if (G > 1) {
                 ldk = D;
-                beta = 0.0f;
-                if (dk) dK = dkh + (b * H + h) * Tk * D;
-                if (dv) dV = dvh + (b * H + h) * Tk * D;
+                if (dk) dK = memset(dkh + (b * H + h) * Tk * D, 0, (size_t)(Tk * D) * sizeof(float));
+                if (dv) dV = memset(dvh + (b * H + h) * Tk * D, 0, (size_t)(Tk * D) * sizeof(float));
             } else {
                 if (dk) dK = dk + b * Tk * KD + h * D;
                 if (dv) dV = dv + b * Tk * KD + h * D;
             }
-            if (dV)
-                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)Tk, D, (int)Tq, 1.0f, P, (int)Tk, dO,
-                            (int)HD, beta, dV, ldk);
-            if (!need_ds) continue;
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)Tq, (int)Tk, D, 1.0f, dO, (int)HD, V,
-                        (int)KD, 0.0f, dS, (int)Tk);
-            for (int64_t i = 0; i < Tq; i++) {
-                const float *pr = P + i * Tk;
-                float *dr = dS + i * Tk;
-                float dot = 0.0f;
-                for (int64_t j = 0; j < Tk; j++) dot += pr[j] * dr[j];
-                for (int64_t j = 0; j < Tk; j++) dr[j] = pr[j] * (dr[j] - dot);
+            for (int64_t i0 = 0; i0 < Tq; i0 += ATT_BR) {
+                int64_t nr = Tq - i0 < ATT_BR ? Tq - i0 : ATT_BR, k0, nk;
+                block_keys(i0, nr, Tq, Tk, window, &k0, &nk);
+                const float *Qb = Q + i0 * HD, *dOb = dO + i0 * HD, *Kb = K + k0 * KD, *Vb = V + k0 * KD;
+                attention_probs(P, (float *)stats + ((b * H + h) * Tq + i0) * 2, 0, Qb, (int)HD, Kb, (int)KD, i0, nr,
+                                k0, nk, Tq, Tk, D, window, scale);
+                // dV[k0:k0+nk] (nk,D) += Pᵀ (nk,nr) · dO (nr,D)
+                if (dV)
+                    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)nk, D, (int)nr, 1.0f, P, (int)nk, dOb,
+                                (int)HD, 1.0f, dV + k0 * ldk, (int)ldk);
+                if (!need_ds) continue;
+                // dP (nr,nk) = dO (nr,D) · V[k0:k0+nk]ᵀ, then dS in place
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)nr, (int)nk, D, 1.0f, dOb, (int)HD, Vb,
+                            (int)KD, 0.0f, dS, (int)nk);
+                softmax_backward_rows(dS, P, nr, nk);
+                // dQ (nr,D) += scale dS (nr,nk) · K[k0:k0+nk] (nk,D)
+                if (dq)
+                    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)nr, D, (int)nk, scale, dS, (int)nk,
+                                Kb, (int)KD, 1.0f, dq + (b * Tq + i0) * HD + h * D, (int)HD);
+                // dK[k0:k0+nk] (nk,D) += scale dSᵀ (nk,nr) · Q (nr,D)
+                if (dK)
+                    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)nk, D, (int)nr, scale, dS, (int)nk, Qb,
+                                (int)HD, 1.0f, dK + k0 * ldk, (int)ldk);
             }
-            if (dq)
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)Tq, D, (int)Tk, scale, dS, (int)Tk, K,
-                            (int)KD, 1.0f, dq + b * Tq * HD + h * D, (int)HD);
-            if (dK)
-                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)Tk, D, (int)Tq, scale, dS, (int)Tk, Q,
-                            (int)HD, beta, dK, ldk);
         }
     if (G == 1 || (!dk && !dv)) return;
     // sum the per-head buffers over each group: dk[b,j,kvh*D + d] += Σ_g dkh[b, kvh*G+g, j, d]
@@ -700,7 +815,7 @@ static Tensor *op_attention_run(Tape *t, Tensor *q, Tensor *k, Tensor *v, int64_
     Tensor *out = tape_result(t, q->ndim, q->shape, any_rg(q, k, v));
     Node *n = tape_record(t, attention_node_backward, out);
     float *stats = n ? tape_alloc(t, (size_t)(B * H * Tq * 2) * sizeof(float)) : NULL;
-    float *work = tape_scratch(t, SCR_A, (size_t)omp_get_max_threads() * Tq * Tk);
+    float *work = tape_scratch(t, SCR_A, (size_t)omp_get_max_threads() * ATT_BR * Tk);
     attention_forward(out->data, stats, work, q->data, k->data, v->data, B, Tq, Tk, H, KVH, D, window);
     if (n) {
         n->in[0] = q;
@@ -721,28 +836,69 @@ Tensor *op_attention(Tape *t, Tensor *q, Tensor *k, Tensor *v, int64_t B, int64_
     return out;
 }
 
-// ---- SwiGLU ---------------------------------------------------------------------------------
+// ---- SwiGLU (and the kernels GeGLU shares) ---------------------------------------------------
 
-// gate (n), up (n) -> out (n)      out = silu(gate) · up = gate · σ(gate) · up
-static void swiglu_forward(float *out, const float *g, const float *u, int64_t n) {
+// SwiGLU and GeGLU share their kernels: both activations are act(x) = x · σ(a(x)), with
+// a(x) = x (silu) or a(x) = 2k(x + c x³) (gelu_tanh, since x/2 · (1 + tanh(y)) = x · σ(2y)),
+// so act'(x) = s + x s (1 - s) a'(x), s = σ(a(x)).
+#define GELU_K 0.7978845608028654f  // sqrt(2/π)
+#define GELU_C 0.044715f
+
+// gate (n) -> s (n) = σ(a(gate)), da (n) = a'(gate) (NULL = not needed)
+static void glu_sigmoid(float *s, float *da, const float *g, int64_t n, int gelu) {
+    if (gelu) {
+#pragma omp simd
+        for (int64_t i = 0; i < n; i++) s[i] = 2.0f * GELU_K * (g[i] + GELU_C * g[i] * g[i] * g[i]);
+        if (da)
+#pragma omp simd
+            for (int64_t i = 0; i < n; i++) da[i] = 2.0f * GELU_K * (1.0f + 3.0f * GELU_C * g[i] * g[i]);
+        sigmoid_vec(s, s, n);
+        return;
+    }
+    sigmoid_vec(s, g, n);
+    if (da)
+        for (int64_t i = 0; i < n; i++) da[i] = 1.0f;
+}
+
+// gate (n), up (n) -> out (n)      out = act(gate) · up = gate · s · up
+static void glu_forward(float *out, const float *g, const float *u, int64_t n, int gelu) {
 #pragma omp parallel for schedule(static)
-    for (int64_t i = 0; i < n; i++) out[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+    for (int64_t i0 = 0; i0 < n; i0 += EW_BLOCK) {
+        int64_t nb = n - i0 < EW_BLOCK ? n - i0 : EW_BLOCK;
+        float *o = out + i0;
+        const float *gi = g + i0, *ui = u + i0;
+        glu_sigmoid(o, NULL, gi, nb, gelu);
+#pragma omp simd
+        for (int64_t i = 0; i < nb; i++) o[i] *= gi[i] * ui[i];
+    }
 }
 
 // dout, gate, up (n) -> dgate +=, dup += (NULL = not needed)
-//   dgate = dout · up · σ(g)(1 + g(1-σ(g))),  dup = dout · silu(g)
-static void swiglu_backward(float *dg, float *du, const float *dout, const float *g, const float *u, int64_t n) {
+//   dgate = dout · up · (s + g s (1 - s) a'(g)),  dup = dout · g · s
+static void glu_backward(float *dg, float *du, const float *dout, const float *g, const float *u, int64_t n,
+                         int gelu) {
 #pragma omp parallel for schedule(static)
-    for (int64_t i = 0; i < n; i++) {
-        float s = 1.0f / (1.0f + expf(-g[i]));
-        if (dg) dg[i] += dout[i] * u[i] * s * (1.0f + g[i] * (1.0f - s));
-        if (du) du[i] += dout[i] * g[i] * s;
+    for (int64_t i0 = 0; i0 < n; i0 += EW_BLOCK) {
+        int64_t nb = n - i0 < EW_BLOCK ? n - i0 : EW_BLOCK;
+        const float *gi = g + i0, *ui = u + i0, *di = dout + i0;
+        float s[EW_BLOCK], da[EW_BLOCK];
+        glu_sigmoid(s, dg ? da : NULL, gi, nb, gelu);
+        if (dg) {
+            float *o = dg + i0;
+#pragma omp simd
+            for (int64_t i = 0; i < nb; i++) o[i] += di[i] * ui[i] * (s[i] + gi[i] * s[i] * (1.0f - s[i]) * da[i]);
+        }
+        if (du) {
+            float *o = du + i0;
+#pragma omp simd
+            for (int64_t i = 0; i < nb; i++) o[i] += di[i] * gi[i] * s[i];
+        }
     }
 }
 
 static void swiglu_node_backward(Tape *t, const Node *n) {
     Tensor *g = n->in[0], *u = n->in[1];
-    swiglu_backward(tape_grad(t, g), tape_grad(t, u), n->out->grad, g->data, u->data, g->n);
+    glu_backward(tape_grad(t, g), tape_grad(t, u), n->out->grad, g->data, u->data, g->n, 0);
 }
 
 // The output of an elementwise op of a and b (shaped like a), with its node recorded.
@@ -760,7 +916,7 @@ static Tensor *elementwise_pair(Tape *t, Tensor *a, Tensor *b, BackwardFn backwa
 
 static Tensor *op_swiglu_run(Tape *t, Tensor *gate, Tensor *up) {
     Tensor *out = elementwise_pair(t, gate, up, swiglu_node_backward, "op_swiglu");
-    swiglu_forward(out->data, gate->data, up->data, gate->n);
+    glu_forward(out->data, gate->data, up->data, gate->n, 0);
     return out;
 }
 
@@ -773,37 +929,14 @@ Tensor *op_swiglu(Tape *t, Tensor *gate, Tensor *up) {
 
 // ---- GeGLU (tanh-approximated gelu) --------------------------------------------------------
 
-#define GELU_K 0.7978845608028654f  // sqrt(2/π)
-#define GELU_C 0.044715f
-
-// gate (n), up (n) -> out (n)      out = gelu_tanh(gate) · up
-static void geglu_forward(float *out, const float *g, const float *u, int64_t n) {
-#pragma omp parallel for schedule(static)
-    for (int64_t i = 0; i < n; i++) {
-        float x = g[i];
-        out[i] = 0.5f * x * (1.0f + tanhf(GELU_K * (x + GELU_C * x * x * x))) * u[i];
-    }
-}
-
-// dout, gate, up (n) -> dgate +=, dup += (NULL = not needed)
-//   th = tanh(k(x + c x³)): gelu' = ½(1 + th) + ½ x (1 - th²) k (1 + 3c x²)
-static void geglu_backward(float *dg, float *du, const float *dout, const float *g, const float *u, int64_t n) {
-#pragma omp parallel for schedule(static)
-    for (int64_t i = 0; i < n; i++) {
-        float x = g[i], th = tanhf(GELU_K * (x + GELU_C * x * x * x));
-        if (dg) dg[i] += dout[i] * u[i] * (0.5f * (1.0f + th) + 0.5f * x * (1.0f - th * th) * GELU_K * (1.0f + 3.0f * GELU_C * x * x));
-        if (du) du[i] += dout[i] * 0.5f * x * (1.0f + th);
-    }
-}
-
 static void geglu_node_backward(Tape *t, const Node *n) {
     Tensor *g = n->in[0], *u = n->in[1];
-    geglu_backward(tape_grad(t, g), tape_grad(t, u), n->out->grad, g->data, u->data, g->n);
+    glu_backward(tape_grad(t, g), tape_grad(t, u), n->out->grad, g->data, u->data, g->n, 1);
 }
 
 static Tensor *op_geglu_run(Tape *t, Tensor *gate, Tensor *up) {
     Tensor *out = elementwise_pair(t, gate, up, geglu_node_backward, "op_geglu");
-    geglu_forward(out->data, gate->data, up->data, gate->n);
+    glu_forward(out->data, gate->data, up->data, gate->n, 1);
     return out;
 }
 
@@ -901,11 +1034,8 @@ static void cross_entropy_forward(float *loss, float *lse, const float *logits, 
         loss[i] = 0.0f;
         if (targets[i] < 0) continue;
         const float *li = logits + i * V;
-        float mx = -INFINITY;
-        for (int64_t j = 0; j < V; j++) mx = li[j] > mx ? li[j] : mx;
-        float sum = 0.0f;
-        for (int64_t j = 0; j < V; j++) sum += expf(li[j] - mx);
-        lse[i] = mx + logf(sum);
+        float mx = row_max(li, V);
+        lse[i] = mx + logf(exp_shift_sum(NULL, li, V, mx));
         loss[i] = lse[i] - li[targets[i]];
     }
 }
@@ -920,7 +1050,13 @@ static void cross_entropy_backward(float *dlogits, float dloss, const float *log
         if (targets[i] < 0) continue;
         const float *li = logits + i * V;
         float *di = dlogits + i * V;
-        for (int64_t j = 0; j < V; j++) di[j] += expf(li[j] - lse[i]) * k;
+        float e[EW_BLOCK];
+        for (int64_t j0 = 0; j0 < V; j0 += EW_BLOCK) {
+            int64_t nb = V - j0 < EW_BLOCK ? V - j0 : EW_BLOCK;
+            exp_shift_sum(e, li + j0, nb, lse[i]);
+#pragma omp simd
+            for (int64_t j = 0; j < nb; j++) di[j0 + j] += e[j] * k;
+        }
         di[targets[i]] -= k;
     }
 }
@@ -966,17 +1102,21 @@ Tensor *op_cross_entropy(Tape *t, Tensor *logits, const int *targets, float norm
 }
 
 // ---- fused linear + cross-entropy ------------------------------------------------------------
-// Only the K rows with a target take part, in chunks of at most LCE_ROWS rows (xk, their copy,
-// and dxk, their gradient, live in tape scratch). The vocabulary is processed in tiles of nv
-// rows of w: logits L (Kc,nv) = xk Wtᵀ in tape scratch, never the whole (N,V).
-#define LCE_ROWS 2048
+// Only the K rows with a target take part, in chunks of Kc rows whose logits over the FULL
+// vocabulary fit in LCE_CHUNK_FLOATS (tape scratch; xk, the chunk's rows of x, too). The
+// logits L (Kc,V) are computed tile by tile of the vocabulary (a tile of w converted to fp32
+// at a time), then each row's max, log-sum-exp and target logit. When the node is recorded
+// the gradient is computed right there (as Liger-Kernel does): G = (softmax - onehot)/norm in
+// place of L, dxk (Kc,C) = G w, tile by tile, stored on the tape; the backward only scales it
+// by dloss into dx. Two GEMMs over the vocabulary, never the (N,V) logits.
+#define LCE_CHUNK_FLOATS ((int64_t)1 << 23)  // 32 MiB of logits per chunk of rows
 
-// Vocabulary rows per tile: at most ~16 MiB of logits and of converted weights.
-static int64_t lce_tile(const Weight *w, int64_t K) {
-    int64_t big = K > w->cols ? K : w->cols;
-    int64_t tv = ((int64_t)1 << 22) / big;
-    tv = tv < 16 ? 16 : tv;
-    return tv < w->rows ? tv : w->rows;
+// Rows per chunk: as many as fit in LCE_CHUNK_FLOATS (at least 1), balanced over the chunks.
+static int64_t lce_chunk_rows(int64_t K, int64_t V) {
+    int64_t cap = LCE_CHUNK_FLOATS / V;
+    cap = cap < 1 ? 1 : cap;
+    int64_t nchunks = (K + cap - 1) / cap;
+    return (K + nchunks - 1) / nchunks;
 }
 
 // x (N,C), rows (K) -> xk (K,C): the kept rows of x
@@ -985,88 +1125,70 @@ static void gather_rows(float *xk, const float *x, const int *rows, int64_t K, i
     for (int64_t i = 0; i < K; i++) memcpy(xk + i * C, x + (int64_t)rows[i] * C, (size_t)C * sizeof(float));
 }
 
-// xk (K,C), rows [v0, v0+nv) of w -> L (K,nv) = xk · wtᵀ in scratch; *wt: those rows as fp32.
-static float *lce_logits(Tape *t, const float *xk, const Weight *w, int64_t v0, int64_t nv, int64_t K, int64_t C,
-                         const float **wt) {
-    *wt = weight_rows(t, w, v0, nv);
-    float *L = tape_scratch(t, SCR_B, (size_t)(K * nv));
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)K, (int)nv, (int)C, 1.0f, xk, (int)C, *wt, (int)C, 0.0f,
-                L, (int)nv);
-    return L;
+// xk (K,C), rows [v0, v0+nv) of w (V,C) -> L (K,nv), row stride ldl:   L = xk · w[v0:v0+nv]ᵀ
+static void lce_logits(Tape *t, float *L, int64_t ldl, const float *xk, const Weight *w, int64_t v0, int64_t nv,
+                       int64_t K) {
+    int64_t C = w->cols;
+    const float *wt = weight_rows(t, w, v0, nv);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)K, (int)nv, (int)C, 1.0f, xk, (int)C, wt, (int)C, 0.0f,
+                L, (int)ldl);
 }
 
-// xk (K,C), w (V,C), tk (K) -> lse (K), tl (K): log Σ_v exp(xk wᵀ) and the target's logit,
-// tile by tile with an online log-sum-exp (running max mx, running sum sm).
-static void lce_forward(Tape *t, float *lse, float *tl, const float *xk, const Weight *w, const int *tk,
-                        int64_t K, int64_t C) {
-    int64_t V = w->rows, TV = lce_tile(w, K);
-    float *mx = tape_alloc(t, (size_t)K * sizeof(float)), *sm = tape_alloc(t, (size_t)K * sizeof(float));
+// G (K,nv) row stride ldg, rows [v0, v0+nv) of w (V,C) -> dxk (K,C) +=   dxk += G · w[v0:v0+nv]
+static void lce_dx(Tape *t, float *dxk, const float *G, int64_t ldg, const Weight *w, int64_t v0, int64_t nv,
+                   int64_t K) {
+    int64_t C = w->cols;
+    const float *wt = weight_rows(t, w, v0, nv);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)K, (int)C, (int)nv, 1.0f, G, (int)ldg, wt, (int)C,
+                1.0f, dxk, (int)C);
+}
+
+// L (K,V) logits, tk (K) -> lse (K), tl (K): log Σ_v exp(L) and the target's logit. With
+// kg != 0, L becomes G = (softmax(L) - onehot(tk)) · kg.
+static void lce_softmax(float *L, float *lse, float *tl, const int *tk, int64_t K, int64_t V, float kg) {
+#pragma omp parallel for schedule(static)
     for (int64_t i = 0; i < K; i++) {
-        mx[i] = -INFINITY;
-        sm[i] = 0.0f;
-        tl[i] = 0.0f;
-    }
-    for (int64_t v0 = 0; v0 < V; v0 += TV) {
-        int64_t nv = V - v0 < TV ? V - v0 : TV;
-        const float *wt;
-        const float *L = lce_logits(t, xk, w, v0, nv, K, C, &wt);
-#pragma omp parallel for schedule(static)
-        for (int64_t i = 0; i < K; i++) {
-            const float *row = L + i * nv;
-            float m = mx[i];
-            for (int64_t j = 0; j < nv; j++) m = row[j] > m ? row[j] : m;
-            float s = sm[i] * expf(mx[i] - m);
-            for (int64_t j = 0; j < nv; j++) s += expf(row[j] - m);
-            sm[i] = s;
-            mx[i] = m;
-            if (tk[i] >= v0 && tk[i] < v0 + nv) tl[i] = row[tk[i] - v0];
-        }
-    }
-    for (int64_t i = 0; i < K; i++) lse[i] = mx[i] + logf(sm[i]);
-}
-
-// dloss, xk (K,C), w (V,C), tk (K), lse (K) -> dxk (K,C) +=
-//   dxk += ((softmax - onehot(target)) · dloss/norm) w, one vocabulary tile at a time
-static void lce_backward(Tape *t, float *dxk, float k, const float *xk, const Weight *w, const int *tk,
-                         const float *lse, int64_t K, int64_t C) {
-    int64_t V = w->rows, TV = lce_tile(w, K);
-    for (int64_t v0 = 0; v0 < V; v0 += TV) {
-        int64_t nv = V - v0 < TV ? V - v0 : TV;
-        const float *wt;
-        float *L = lce_logits(t, xk, w, v0, nv, K, C, &wt);
-#pragma omp parallel for schedule(static)
-        for (int64_t i = 0; i < K; i++) {
-            float *row = L + i * nv;
-            for (int64_t j = 0; j < nv; j++) row[j] = expf(row[j] - lse[i]) * k;
-            if (tk[i] >= v0 && tk[i] < v0 + nv) row[tk[i] - v0] -= k;
-        }
-        // dxk (K,C) += G (K,nv) · wt (nv,C)
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)K, (int)C, (int)nv, 1.0f, L, (int)nv, wt, (int)C,
-                    1.0f, dxk, (int)C);
+        float *row = L + i * V;
+        tl[i] = row[tk[i]];
+        float mx = row_max(row, V);
+        float sum = exp_shift_sum(kg != 0.0f ? row : NULL, row, V, mx);
+        lse[i] = mx + logf(sum);
+        if (kg == 0.0f) continue;
+        float s = kg / sum;
+#pragma omp simd
+        for (int64_t j = 0; j < V; j++) row[j] *= s;
+        row[tk[i]] -= kg;
     }
 }
 
-// Saved: rows (K) then the targets of those rows (K) as ints, lse (K).
+// xk (K,C), w (V,C), tk (K) -> lse (K), tl (K); dxk (K,C) = (softmax - onehot(tk)) / norm · w
+// when dxk != NULL. L: scratch for (K,V) logits.
+static void lce_chunk(Tape *t, float *lse, float *tl, float *dxk, float *L, const float *xk, const Weight *w,
+                      const int *tk, int64_t K, float norm) {
+    int64_t V = w->rows, C = w->cols, TV = weight_tile_rows(w, WTILE_FLOATS);
+    for (int64_t v0 = 0; v0 < V; v0 += TV) lce_logits(t, L + v0, V, xk, w, v0, V - v0 < TV ? V - v0 : TV, K);
+    lce_softmax(L, lse, tl, tk, K, V, dxk ? 1.0f / norm : 0.0f);
+    if (!dxk) return;
+    memset(dxk, 0, (size_t)(K * C) * sizeof(float));
+    for (int64_t v0 = 0; v0 < V; v0 += TV) lce_dx(t, dxk, L + v0, V, w, v0, V - v0 < TV ? V - v0 : TV, K);
+}
+
+// Saved: rows (K) then the targets of those rows (K) as ints; dxs (K,C), the gradient of the
+// kept rows for dloss = 1.
 static void lce_node_backward(Tape *t, const Node *n) {
-    Tensor *x = n->in[0];
-    float *dx = tape_grad(t, x);
+    float *dx = tape_grad(t, n->in[0]);
     if (!dx) return;
     int64_t K = n->d[0], C = n->d[1];
-    const int *rows = n->saved[0], *tk = rows + K;
-    const float *lse = n->saved[1];
-    for (int64_t c0 = 0; c0 < K; c0 += LCE_ROWS) {
-        int64_t Kc = K - c0 < LCE_ROWS ? K - c0 : LCE_ROWS;
-        float *xk = tape_scratch(t, SCR_A, (size_t)(Kc * C)), *dxk = tape_scratch(t, SCR_C, (size_t)(Kc * C));
-        gather_rows(xk, x->data, rows + c0, Kc, C);
-        memset(dxk, 0, (size_t)(Kc * C) * sizeof(float));
-        lce_backward(t, dxk, n->out->grad[0] / n->f[0], xk, n->w, tk + c0, lse + c0, Kc, C);
-        // kept rows are distinct: no two threads touch the same row of dx
+    const int *rows = n->saved[0];
+    const float *dxs = n->saved[1];
+    float dloss = n->out->grad[0];
+    // kept rows are distinct: no two threads touch the same row of dx
 #pragma omp parallel for schedule(static)
-        for (int64_t i = 0; i < Kc; i++) {
-            float *d = dx + (int64_t)rows[c0 + i] * C;
-            const float *s = dxk + i * C;
-            for (int64_t c = 0; c < C; c++) d[c] += s[c];
-        }
+    for (int64_t i = 0; i < K; i++) {
+        float *d = dx + (int64_t)rows[i] * C;
+        const float *s = dxs + i * C;
+#pragma omp simd
+        for (int64_t c = 0; c < C; c++) d[c] += dloss * s[c];
     }
 }
 
@@ -1092,22 +1214,24 @@ static Tensor *op_linear_cross_entropy_run(Tape *t, Tensor *x, const Weight *w, 
         out->data[0] = 0.0f;
         return out;
     }
+    Node *n = tape_record(t, lce_node_backward, out);
     float *lse = tape_alloc(t, (size_t)K * sizeof(float)), *tl = tape_alloc(t, (size_t)K * sizeof(float));
-    for (int64_t c0 = 0; c0 < K; c0 += LCE_ROWS) {
-        int64_t Kc = K - c0 < LCE_ROWS ? K - c0 : LCE_ROWS;
-        float *xk = tape_scratch(t, SCR_A, (size_t)(Kc * C));
+    float *dxs = n ? tape_alloc(t, (size_t)(K * C) * sizeof(float)) : NULL;
+    int64_t KC = lce_chunk_rows(K, V);
+    for (int64_t c0 = 0; c0 < K; c0 += KC) {
+        int64_t Kc = K - c0 < KC ? K - c0 : KC;
+        float *xk = tape_scratch(t, SCR_A, (size_t)(Kc * C)), *L = tape_scratch(t, SCR_B, (size_t)(Kc * V));
         gather_rows(xk, x->data, rows + c0, Kc, C);
-        lce_forward(t, lse + c0, tl + c0, xk, w, tk + c0, Kc, C);
+        lce_chunk(t, lse + c0, tl + c0, dxs ? dxs + c0 * C : NULL, L, xk, w, tk + c0, Kc, norm);
     }
     double total = 0.0;  // summed in row order: the same result whatever the thread count
     for (int64_t i = 0; i < K; i++) total += lse[i] - tl[i];
     out->data[0] = (float)(total / norm);
-    Node *n = tape_record(t, lce_node_backward, out);
     if (n) {
         n->in[0] = x;
         n->w = w;
         n->saved[0] = rows;
-        n->saved[1] = lse;
+        n->saved[1] = dxs;
         n->d[0] = K;
         n->d[1] = C;
         n->f[0] = norm;

@@ -461,6 +461,113 @@ static void test_attention(Tape *t) {
     tensor_free(a.v);
 }
 
+// Naive attention backward in double for dout (B,Tq,H*D): dq (B,Tq,H*D), dk, dv (B,Tk,KVH*D)
+// (zeroed here), the textbook formulas over every (query, visible key) pair.
+static void attn_naive_backward(const AttnCtx *a, const float *dout, double *dq, double *dk, double *dv) {
+    int64_t HD = a->H * a->D, KD = a->KVH * a->D;
+    memset(dq, 0, (size_t)(a->B * a->Tq * HD) * sizeof(double));
+    memset(dk, 0, (size_t)(a->B * a->Tk * KD) * sizeof(double));
+    memset(dv, 0, (size_t)(a->B * a->Tk * KD) * sizeof(double));
+    double *p = malloc((size_t)a->Tk * sizeof(double)), *dp = malloc((size_t)a->Tk * sizeof(double));
+    double sc = 1.0 / sqrt((double)a->D);
+    for (int64_t b = 0; b < a->B; b++)
+        for (int h = 0; h < a->H; h++) {
+            int kh = h / (a->H / a->KVH);
+            for (int64_t i = 0; i < a->Tq; i++) {
+                int64_t qpos = a->Tk - a->Tq + i, qo = (b * a->Tq + i) * HD + h * a->D;
+                double mx = -1e300, sum = 0, dot = 0;
+                for (int64_t j = 0; j < a->Tk; j++) {
+                    p[j] = -1e300;
+                    if (j > qpos || (a->window > 0 && j <= qpos - a->window)) continue;
+                    double s = 0;
+                    const float *kj = a->k->data + (b * a->Tk + j) * KD + kh * a->D;
+                    for (int dd = 0; dd < a->D; dd++) s += (double)a->q->data[qo + dd] * kj[dd];
+                    p[j] = s * sc;
+                    mx = fmax(mx, p[j]);
+                }
+                for (int64_t j = 0; j < a->Tk; j++) sum += p[j] = p[j] > -1e299 ? exp(p[j] - mx) : 0.0;
+                for (int64_t j = 0; j < a->Tk; j++) {
+                    p[j] /= sum;
+                    int64_t ko = (b * a->Tk + j) * KD + kh * a->D;
+                    dp[j] = 0;
+                    for (int dd = 0; dd < a->D; dd++) {
+                        dp[j] += (double)dout[qo + dd] * a->v->data[ko + dd];
+                        dv[ko + dd] += p[j] * dout[qo + dd];
+                    }
+                    dot += p[j] * dp[j];
+                }
+                for (int64_t j = 0; j < a->Tk; j++) {
+                    double ds = p[j] * (dp[j] - dot) * sc;
+                    int64_t ko = (b * a->Tk + j) * KD + kh * a->D;
+                    for (int dd = 0; dd < a->D; dd++) {
+                        dq[qo + dd] += ds * a->k->data[ko + dd];
+                        dk[ko + dd] += ds * a->q->data[qo + dd];
+                    }
+                }
+            }
+        }
+    free(p);
+    free(dp);
+}
+
+// max |got - want| / max |want|
+static double max_err_vs(const float *got, const double *want, int64_t n) {
+    double m = 0, d = 0;
+    for (int64_t i = 0; i < n; i++) {
+        m = fmax(m, fabs(want[i]));
+        d = fmax(d, fabs(got[i] - want[i]));
+    }
+    return m > 0 ? d / m : d;
+}
+
+// Shapes spanning several blocks of query rows (the kernels skip the keys a block cannot
+// see): full causal, KV-cache style Tq < Tk, sliding windows, one decoded query; forward and
+// all three gradients against the straightforward formulas in double.
+static void test_attention_blocks(Tape *t) {
+    AttnCtx cases[] = {
+        {.B = 2, .Tq = 150, .Tk = 150, .H = 4, .KVH = 2, .D = 8, .window = 0},
+        {.B = 1, .Tq = 130, .Tk = 201, .H = 2, .KVH = 1, .D = 8, .window = 0},
+        {.B = 1, .Tq = 140, .Tk = 170, .H = 3, .KVH = 3, .D = 8, .window = 45},
+        {.B = 2, .Tq = 129, .Tk = 129, .H = 2, .KVH = 1, .D = 16, .window = 64},
+        {.B = 1, .Tq = 1, .Tk = 200, .H = 4, .KVH = 2, .D = 8, .window = 0},
+        {.B = 1, .Tq = 3, .Tk = 200, .H = 4, .KVH = 2, .D = 8, .window = 30},
+    };
+    for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++) {
+        AttnCtx a = cases[ci];
+        int64_t HD = a.H * a.D, KD = a.KVH * a.D, nq = a.B * a.Tq * HD, nk = a.B * a.Tk * KD;
+        a.q = param(3, a.B, a.Tq, HD, 1, 1.0f, "q");
+        a.k = param(3, a.B, a.Tk, KD, 1, 1.0f, "k");
+        a.v = param(3, a.B, a.Tk, KD, 1, 1.0f, "v");
+        double *ref = malloc((size_t)nq * sizeof(double)), *dq = malloc((size_t)nq * sizeof(double));
+        double *dk = malloc((size_t)nk * sizeof(double)), *dv = malloc((size_t)nk * sizeof(double));
+        attn_naive(&a, ref);
+        Tensor *xs[] = {a.q, a.k, a.v};
+        for (int i = 0; i < 3; i++) tensor_zero_grad(xs[i]);
+        float *r = NULL;
+        Tensor *y = run_backward(t, attn_fwd, &a, &r, 1);
+        attn_naive_backward(&a, r, dq, dk, dv);
+        double eo = max_err_vs(y->data, ref, nq), eq = max_err_vs(a.q->grad, dq, nq);
+        double ek = max_err_vs(a.k->grad, dk, nk), ev = max_err_vs(a.v->grad, dv, nk);
+        tape_reset(t);
+        tape_set_recording(t, 0);
+        Tensor *y2 = attn_fwd(t, &a);
+        tape_set_recording(t, 1);
+        int same = !memcmp(y->data, y2->data, (size_t)nq * sizeof(float));
+        char lab[200];
+        snprintf(lab, sizeof lab, "attention blocks B=%lld Tq=%lld Tk=%lld H=%d KVH=%d D=%d window=%d vs naive: "
+                 "out %.1e dq %.1e dk %.1e dv %.1e", (long long)a.B, (long long)a.Tq, (long long)a.Tk, a.H, a.KVH,
+                 a.D, a.window, eo, eq, ek, ev);
+        CHECK(lab, eo < 1e-5 && eq < 1e-5 && ek < 1e-5 && ev < 1e-5 && same,
+              "tolerance 1e-5 of the largest entry; recording off = on: %d", same);
+        free(r);
+        free(ref);
+        free(dq);
+        free(dk);
+        free(dv);
+        for (int i = 0; i < 3; i++) tensor_free(xs[i]);
+    }
+}
+
 // ---- swiglu, add, embedding, cross-entropy --------------------------------------------------
 
 typedef struct {
@@ -581,6 +688,155 @@ static void test_cross_entropy(Tape *t) {
     for (int j = 0; j < 7; j++) zero &= ce.logits->grad[7 + j] == 0 && ce.logits->grad[4 * 7 + j] == 0;
     CHECK("cross_entropy ignored rows get zero grad", zero, "nonzero gradient on an ignored row");
     tensor_free(ce.logits);
+}
+
+// SwiGLU and GeGLU over many values (several blocks of the kernels, a ragged tail, large |g|):
+// forward and both gradients against the formulas in double.
+static void test_glu_large(Tape *t) {
+    PairCtx p = {param(2, 7, 301, 0, 1, 4.0f, "gate"), param(2, 7, 301, 0, 1, 1.0f, "up"), 0};
+    int64_t n = p.a->n;
+    p.a->data[5] = 60.0f;
+    p.a->data[6] = -60.0f;
+    p.a->data[7] = -200.0f;
+    double *ref = malloc((size_t)(3 * n) * sizeof(double)), *rg = ref + n, *ru = ref + 2 * n;
+    for (p.which = 0; p.which <= 2; p.which += 2) {
+        tensor_zero_grad(p.a);
+        tensor_zero_grad(p.b);
+        float *r = NULL;
+        Tensor *y = run_backward(t, pair_fwd, &p, &r, 1);
+        for (int64_t i = 0; i < n; i++) {
+            double g = p.a->data[i], u = p.b->data[i], act, dact;
+            if (p.which == 0) {
+                double sg = 1 / (1 + exp(-g));
+                act = g * sg;
+                dact = sg * (1 + g * (1 - sg));
+            } else {
+                double k = sqrt(2 / M_PI), th = tanh(k * (g + 0.044715 * g * g * g));
+                act = 0.5 * g * (1 + th);
+                dact = 0.5 * (1 + th) + 0.5 * g * (1 - th * th) * k * (1 + 3 * 0.044715 * g * g);
+            }
+            ref[i] = act * u;
+            rg[i] = r[i] * u * dact;
+            ru[i] = r[i] * act;
+        }
+        double eo = max_err_vs(y->data, ref, n), eg = max_err_vs(p.a->grad, rg, n), eu = max_err_vs(p.b->grad, ru, n);
+        char lab[160];
+        snprintf(lab, sizeof lab, "%s over %lld values vs double: out %.1e dgate %.1e dup %.1e",
+                 p.which ? "geglu" : "swiglu", (long long)n, eo, eg, eu);
+        CHECK(lab, eo < 1e-6 && eg < 1e-6 && eu < 1e-6, "tolerance 1e-6 of the largest entry");
+        free(r);
+    }
+    free(ref);
+    tensor_free(p.a);
+    tensor_free(p.b);
+}
+
+// Cross-entropy over a wide vocabulary (vector lanes, blocks, a ragged tail), unfused and
+// fused with its linear layer (several chunks of rows), against double; the fused loss
+// without recording equals the recorded one.
+typedef struct {
+    Tensor *x;
+    Weight w;
+    int *targets;
+    float norm;
+} LceCtx;
+
+static Tensor *lce_fwd(Tape *t, void *c) {
+    LceCtx *l = c;
+    return op_linear_cross_entropy(t, l->x, &l->w, l->targets, l->norm);
+}
+
+// logits of row i (V) -> loss += lse - logit[target], grad (V) = (softmax - onehot) / norm
+static double ce_row_naive(const double *l, int64_t V, int target, double norm, double *grad) {
+    double mx = -1e300, s = 0;
+    for (int64_t j = 0; j < V; j++) mx = fmax(mx, l[j]);
+    for (int64_t j = 0; j < V; j++) s += exp(l[j] - mx);
+    for (int64_t j = 0; j < V; j++) grad[j] = exp(l[j] - mx) / s / norm;
+    grad[target] -= 1 / norm;
+    return mx + log(s) - l[target];
+}
+
+static void test_cross_entropy_wide(Tape *t) {
+    const int64_t N = 5, V = 1037;
+    CeCtx ce = {param(2, N, V, 0, 1, 3.0f, "logits"), {3, -1, 1036, 500, 0}, 4.0f};
+    double *l = malloc((size_t)V * sizeof(double)), *g = malloc((size_t)(N * V) * sizeof(double));
+    double loss = 0;
+    memset(g, 0, (size_t)(N * V) * sizeof(double));
+    for (int64_t i = 0; i < N; i++) {
+        if (ce.targets[i] < 0) continue;
+        for (int64_t j = 0; j < V; j++) l[j] = ce.logits->data[i * V + j];
+        loss += ce_row_naive(l, V, ce.targets[i], ce.norm, g + i * V);
+    }
+    loss /= ce.norm;
+    tensor_zero_grad(ce.logits);
+    tape_reset(t);
+    Tensor *y = ce_fwd(t, &ce);
+    tape_backward(t, y);
+    double el = fabs(y->data[0] - loss) / fabs(loss), eg = max_err_vs(ce.logits->grad, g, N * V);
+    char lab[160];
+    snprintf(lab, sizeof lab, "cross_entropy V=%lld vs double: loss %.1e dlogits %.1e", (long long)V, el, eg);
+    CHECK(lab, el < 1e-6 && eg < 1e-6, "tolerance 1e-6");
+    free(l);
+    free(g);
+    tensor_free(ce.logits);
+
+    // fused: 3000 rows (some ignored) x V 3000: two chunks of rows
+    const int64_t M = 3000, C = 16, W = 3000;
+    LceCtx lc = {param(2, M, C, 0, 1, 1.0f, "x"), {WT_F32, W, C, malloc((size_t)(W * C) * sizeof(float)), 1, "w"},
+                 malloc((size_t)M * sizeof(int)), 0.0f};
+    fill(lc.w.data, W * C, 0.5f);
+    int kept = 0;
+    for (int64_t i = 0; i < M; i++) {
+        lc.targets[i] = i % 11 == 3 ? -100 : (int)rng_below(&g_rng, (uint32_t)W);
+        kept += lc.targets[i] >= 0;
+    }
+    lc.norm = (float)kept;
+    double *dx = calloc((size_t)(M * C), sizeof(double)), *row = malloc((size_t)W * sizeof(double)),
+           *gr = malloc((size_t)W * sizeof(double));
+    const float *wf = lc.w.data;
+    loss = 0;
+    for (int64_t i = 0; i < M; i++) {
+        if (lc.targets[i] < 0) continue;
+        for (int64_t j = 0; j < W; j++) {
+            double s = 0;
+            for (int64_t c = 0; c < C; c++) s += (double)lc.x->data[i * C + c] * wf[j * C + c];
+            row[j] = s;
+        }
+        loss += ce_row_naive(row, W, lc.targets[i], lc.norm, gr);
+        for (int64_t j = 0; j < W; j++)
+            for (int64_t c = 0; c < C; c++) dx[i * C + c] += gr[j] * wf[j * C + c];
+    }
+    loss /= lc.norm;
+    tensor_zero_grad(lc.x);
+    tape_reset(t);
+    y = lce_fwd(t, &lc);
+    float l1 = y->data[0];
+    tape_backward(t, y);
+    tape_reset(t);
+    tape_set_recording(t, 0);
+    float l0 = lce_fwd(t, &lc)->data[0];
+    tape_set_recording(t, 1);
+    el = fabs(l1 - loss) / fabs(loss);
+    eg = max_err_vs(lc.x->grad, dx, M * C);
+    int untouched = 1;
+    for (int64_t i = 0; i < M; i++)
+        for (int64_t c = 0; c < C && lc.targets[i] < 0; c++) untouched &= lc.x->grad[i * C + c] == 0.0f;
+    snprintf(lab, sizeof lab, "linear_cross_entropy %lld rows x V %lld vs double: loss %.1e dx %.1e",
+             (long long)M, (long long)W, el, eg);
+    CHECK(lab, el < 1e-6 && eg < 1e-5 && untouched && l0 == l1,
+          "tolerance 1e-6 / 1e-5; ignored rows untouched %d; loss recording off %.9g, on %.9g", untouched, l0, l1);
+    // a small case by finite differences (the backward scales the saved gradient by dloss)
+    int small_targets[6] = {3, -1, 8, 0, 3, 5};
+    LceCtx sm = {param(2, 6, 5, 0, 1, 1.0f, "x"), {WT_F32, 9, 5, lc.w.data, 0, "w"}, small_targets, 4.0f};
+    Tensor *xs[] = {sm.x, NULL};
+    check_fd("linear_cross_entropy", t, lce_fwd, &sm, xs, 1);
+    tensor_free(sm.x);
+    free(dx);
+    free(row);
+    free(gr);
+    free(lc.targets);
+    weight_free(&lc.w);
+    tensor_free(lc.x);
 }
 
 // ---- composed graph and tape bookkeeping ----------------------------------------------------
@@ -905,6 +1161,65 @@ static void test_torch(Tape *t) {
     weight_free(&l.W);
 }
 
+// ---- the kernels' exp ----------------------------------------------------------------------
+
+// Ulps between got and the exact e^x: |got - exp(x)| in units of the float spacing at exp(x)
+// (2^-149 below the normal range).
+static double exp_ulps(float got, double x) {
+    double want = exp(x);
+    int ex;
+    frexp(want, &ex);
+    double ulp = ldexp(1.0, (ex - 1 > -126 ? ex - 1 : -126) - 23);
+    return fabs((double)got - want) / ulp;
+}
+
+static void test_vec_exp(void) {
+    // a dense sweep of [-100, 88] plus every float in [-1, 1] with a stride
+    const int64_t n = 4000001;
+    float *x = malloc((size_t)n * sizeof(float)), *y = malloc((size_t)n * sizeof(float));
+    for (int64_t i = 0; i < n; i++) x[i] = (float)(-100.0 + 188.0 * (double)i / (double)(n - 1));
+    vec_exp(y, x, n);
+    double worst = 0, worst_libm = 0;
+    float at = 0;
+    for (int64_t i = 0; i < n; i++) {
+        double u = exp_ulps(y[i], x[i]);
+        if (u > worst) worst = u, at = x[i];
+        worst_libm = fmax(worst_libm, exp_ulps(expf(x[i]), x[i]));
+    }
+    int64_t m = 0;
+    for (uint32_t b = 0x3f800000u; m < n; b -= 211) {  // from 1.0 down through the small values
+        memcpy(&x[m], &b, 4);
+        x[m + 1] = -x[m];
+        m += 2;
+    }
+    vec_exp(y, x, n);
+    double worst_small = 0;
+    for (int64_t i = 0; i < n; i++) worst_small = fmax(worst_small, exp_ulps(y[i], x[i]));
+    char lab[200];
+    snprintf(lab, sizeof lab,
+             "vec_exp over [-100, 88]: max %.2f ulp (at %g; libm expf %.2f ulp), over [-1, 1]: max %.2f ulp", worst,
+             (double)at, worst_libm, worst_small);
+    CHECK(lab, worst <= 2.0 && worst_small <= 2.0, "tolerance 2 ulp");
+    // special values, and every tail length giving the same values as full vectors
+    float sx[9] = {0.0f, -INFINITY, -104.5f, -1000.0f, 89.0f, 1000.0f, INFINITY, NAN, -0.0f}, sy[9];
+    vec_exp(sy, sx, 9);
+    int ok = sy[0] == 1.0f && sy[1] == 0.0f && sy[2] == 0.0f && sy[3] == 0.0f && isinf(sy[4]) && isinf(sy[5]) &&
+             isinf(sy[6]) && isnan(sy[7]) && sy[8] == 1.0f;
+    CHECK("vec_exp: exp(0) = 1, -inf and very negative -> 0, large and +inf -> inf, NaN -> NaN", ok,
+          "%g %g %g %g %g %g %g %g %g", sy[0], sy[1], sy[2], sy[3], sy[4], sy[5], sy[6], sy[7], sy[8]);
+    for (int64_t i = 0; i < 40; i++) x[i] = (float)i * 0.37f - 7.0f;
+    vec_exp(y, x, 40);
+    int same = 1;
+    for (int64_t len = 1; len <= 40; len++) {
+        float z[40];
+        vec_exp(z, x, len);
+        same &= !memcmp(z, y, (size_t)len * sizeof(float));
+    }
+    CHECK("vec_exp: tails of every length equal full vectors", same, "differ");
+    free(x);
+    free(y);
+}
+
 int main(void) {
     rng_seed(&g_rng, 2024);
     Err e = {{0}};
@@ -919,10 +1234,14 @@ int main(void) {
     test_bf16_tiles(t);
     test_rmsnorm(t);
     test_rope(t);
+    test_vec_exp();
     test_attention(t);
+    test_attention_blocks(t);
     test_swiglu_add(t);
+    test_glu_large(t);
     test_embedding(t);
     test_cross_entropy(t);
+    test_cross_entropy_wide(t);
     test_graph(t);
     test_tape(t);
     test_torch(t);
