@@ -1166,9 +1166,18 @@ static void lce_softmax(float *L, float *lse, float *tl, const int *tk, int64_t 
 static void lce_chunk(Tape *t, float *lse, float *tl, float *dxk, float *L, const float *xk, const Weight *w,
                       const int *tk, int64_t K, float norm) {
     int64_t V = w->rows, C = w->cols, TV = weight_tile_rows(w, WTILE_FLOATS);
-    for (int64_t v0 = 0; v0 < V; v0 += TV) lce_logits(t, L + v0, V, xk, w, v0, V - v0 < TV ? V - v0 : TV, K);
+    int bf = use_bf16(t, K);  // bf16 compute: each GEMM in one call over the whole vocabulary
+    TiledWeight tw = bf ? weight_tiled(w) : tiled_f32(NULL, 0, 0);
+    if (bf)
+        bf16_matmul_xwt(xk, K, C, &tw, L, V, 0, bf16_scratch(t, K, C));  // L (K,V) = xk wᵀ
+    else
+        for (int64_t v0 = 0; v0 < V; v0 += TV) lce_logits(t, L + v0, V, xk, w, v0, V - v0 < TV ? V - v0 : TV, K);
     lce_softmax(L, lse, tl, tk, K, V, dxk ? 1.0f / norm : 0.0f);
     if (!dxk) return;
+    if (bf) {
+        bf16_matmul_dyw(L, K, V, &tw, dxk, C, 0, bf16_scratch(t, K, V));  // dxk (K,C) = G w
+        return;
+    }
     memset(dxk, 0, (size_t)(K * C) * sizeof(float));
     for (int64_t v0 = 0; v0 < V; v0 += TV) lce_dx(t, dxk, L + v0, V, w, v0, V - v0 < TV ? V - v0 : TV, K);
 }

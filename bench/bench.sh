@@ -11,7 +11,8 @@
 # peak used for the decode fraction, default 49).
 #
 # Every configuration runs in its own process, so each peak RSS (ru_maxrss) is its own.
-# Timed: the median warm step (the first step is excluded). PyTorch's thread count (1 or 2)
+# Timed: the fastest warm step of each process (the first step is excluded; the 2 vCPUs are
+# shared with other tenants of the host, which only ever slows a step down). PyTorch's thread count (1 or 2)
 # is chosen per dtype on the small shape and reused for the large one.
 #
 # GFLOP/s = useful FLOPs per step / step time, for both sides, with (tok = B·T)

@@ -77,6 +77,36 @@ size_t bf16_gemm_scratch_bytes(int64_t M, int64_t K) {
     return (size_t)a_panel_words(M, K) * sizeof(uint32_t) + (size_t)omp_get_max_threads() * per_thread + 256;
 }
 
+#ifdef BG_AVX512BF16
+// r[16] (16 rows of 16 words) -> r transposed in place: r[j] lane i = old r[i] lane j
+static inline void transpose16(__m512i r[16]) {
+    __m512i t[16];
+    for (int i = 0; i < 16; i += 2) {
+        t[i] = _mm512_unpacklo_epi32(r[i], r[i + 1]);
+        t[i + 1] = _mm512_unpackhi_epi32(r[i], r[i + 1]);
+    }
+    for (int i = 0; i < 16; i += 4) {
+        r[i] = _mm512_unpacklo_epi64(t[i], t[i + 2]);
+        r[i + 1] = _mm512_unpackhi_epi64(t[i], t[i + 2]);
+        r[i + 2] = _mm512_unpacklo_epi64(t[i + 1], t[i + 3]);
+        r[i + 3] = _mm512_unpackhi_epi64(t[i + 1], t[i + 3]);
+    }
+    // now r[4q + j], 128-bit lane L = rows 4q..4q+3 of column 4L + j
+    for (int i = 0; i < 4; i++) {
+        t[i] = _mm512_shuffle_i32x4(r[i], r[4 + i], 0x88);          // lanes 0,2 of r[i], r[4+i]
+        t[4 + i] = _mm512_shuffle_i32x4(r[i], r[4 + i], 0xDD);      // lanes 1,3
+        t[8 + i] = _mm512_shuffle_i32x4(r[8 + i], r[12 + i], 0x88);
+        t[12 + i] = _mm512_shuffle_i32x4(r[8 + i], r[12 + i], 0xDD);
+    }
+    for (int i = 0; i < 4; i++) {
+        r[i] = _mm512_shuffle_i32x4(t[i], t[8 + i], 0x88);        // column i
+        r[8 + i] = _mm512_shuffle_i32x4(t[i], t[8 + i], 0xDD);    // column 8 + i
+        r[4 + i] = _mm512_shuffle_i32x4(t[4 + i], t[12 + i], 0x88);   // column 4 + i
+        r[12 + i] = _mm512_shuffle_i32x4(t[4 + i], t[12 + i], 0xDD);  // column 12 + i
+    }
+}
+#endif
+
 // a (M,K) fp32, row stride lda -> ap: ceil(M/MR) micro-panels of (Kp/2, MR) bf16 pairs
 static void pack_a(uint32_t *ap, const float *a, int64_t M, int64_t K, int64_t lda, uint16_t *rowbufs,
                    int64_t rbl) {
@@ -85,18 +115,37 @@ static void pack_a(uint32_t *ap, const float *a, int64_t M, int64_t K, int64_t l
     for (int64_t ib = 0; ib < nb; ib++) {
         uint16_t *row = rowbufs + (int64_t)omp_get_thread_num() * rbl;
         uint32_t *blk = ap + ib * KP * BG_MR;
-        for (int m = 0; m < BG_MR; m++) {
+        int64_t kp0 = 0;
+#ifdef BG_AVX512BF16
+        // 16 pairs (32 values) of each of the 12 rows, transposed: 16 words of 12 rows each
+        for (; 2 * (kp0 + 16) <= K; kp0 += 16) {
+            __m512i r[16];
+            for (int m = 0; m < 16; m++) {
+                int64_t rr = ib * BG_MR + m;
+                if (m < BG_MR && rr < M) {
+                    const float *src = a + rr * lda + 2 * kp0;
+                    r[m] = (__m512i)_mm512_cvtne2ps_pbh(_mm512_loadu_ps(src + 16), _mm512_loadu_ps(src));
+                } else {
+                    r[m] = _mm512_setzero_si512();
+                }
+            }
+            transpose16(r);
+            for (int j = 0; j < 16; j++) _mm512_mask_storeu_epi32(blk + (kp0 + j) * BG_MR, 0x0FFF, r[j]);
+        }
+#endif
+        for (int m = 0; m < BG_MR; m++) {  // the remaining pairs (all of them without AVX-512 BF16)
             int64_t r = ib * BG_MR + m;
+            if (kp0 >= KP) break;
             if (r < M) {
-                to_bf16(row, a + r * lda, K);
-                if (K & 1) row[K] = 0;
-                for (int64_t kp = 0; kp < KP; kp++) {  // the pair (2kp, 2kp+1) is one 32-bit word
+                to_bf16(row, a + r * lda + 2 * kp0, K - 2 * kp0);
+                if (K & 1) row[K - 2 * kp0] = 0;
+                for (int64_t kp = kp0; kp < KP; kp++) {  // the pair (2kp, 2kp+1) is one 32-bit word
                     uint32_t w;
-                    memcpy(&w, row + 2 * kp, sizeof w);
+                    memcpy(&w, row + 2 * (kp - kp0), sizeof w);
                     blk[kp * BG_MR + m] = w;
                 }
             } else {
-                for (int64_t kp = 0; kp < KP; kp++) blk[kp * BG_MR + m] = 0;
+                for (int64_t kp = kp0; kp < KP; kp++) blk[kp * BG_MR + m] = 0;
             }
         }
     }
@@ -106,15 +155,34 @@ static void pack_a(uint32_t *ap, const float *a, int64_t M, int64_t K, int64_t l
 // word [kp][j] = (T[32p+j][2kp], T[32p+j][2kp+1]); columns past nc and k past kc zero.
 static void pack_b_xwt(uint32_t *P, const float *T, int64_t ldt, int64_t nc, int64_t kc, uint16_t *row) {
     const int64_t kpn = (kc + 1) / 2, np = (nc + BG_NR - 1) / BG_NR;
-    for (int64_t j = 0; j < np * BG_NR; j++) {
+    int64_t kv = 0;  // pairs [0, kv) packed by the vector path
+#ifdef BG_AVX512BF16
+    // 16 rows x 16 pairs at a time: convert, transpose (rows <-> pairs), store half-panel rows
+    kv = kc / 32 * 16;
+    for (int64_t j0 = 0; j0 < np * BG_NR; j0 += 16) {
+        uint32_t *dst = P + (j0 / BG_NR) * kpn * BG_NR + (j0 % BG_NR);
+        for (int64_t kp0 = 0; kp0 < kv; kp0 += 16) {
+            __m512i r[16];
+            for (int i = 0; i < 16; i++) {
+                const float *src = T + (j0 + i) * ldt + 2 * kp0;
+                r[i] = j0 + i < nc ? (__m512i)_mm512_cvtne2ps_pbh(_mm512_loadu_ps(src + 16), _mm512_loadu_ps(src))
+                                   : _mm512_setzero_si512();
+            }
+            transpose16(r);
+            for (int i = 0; i < 16; i++) _mm512_storeu_si512(dst + (kp0 + i) * BG_NR, r[i]);
+        }
+    }
+#endif
+    if (kv == kpn) return;
+    for (int64_t j = 0; j < np * BG_NR; j++) {  // the remaining pairs, word by word
         uint32_t *dst = P + (j / BG_NR) * kpn * BG_NR + (j % BG_NR);
         if (j >= nc) {
-            for (int64_t kp = 0; kp < kpn; kp++) dst[kp * BG_NR] = 0;
+            for (int64_t kp = kv; kp < kpn; kp++) dst[kp * BG_NR] = 0;
             continue;
         }
-        to_bf16(row, T + j * ldt, kc);
-        if (kc & 1) row[kc] = 0;
-        for (int64_t kp = 0; kp < kpn; kp++) dst[kp * BG_NR] = pair(row[2 * kp], row[2 * kp + 1]);
+        to_bf16(row, T + j * ldt + 2 * kv, kc - 2 * kv);
+        if (kc & 1) row[kc - 2 * kv] = 0;
+        for (int64_t kp = kv; kp < kpn; kp++) dst[kp * BG_NR] = pair(row[2 * (kp - kv)], row[2 * (kp - kv) + 1]);
     }
 }
 
@@ -284,11 +352,18 @@ static void tile_f32(const TiledWeight *w, int64_t r0, int64_t nr, int64_t c0, i
 
 static void tile_bf16(const TiledWeight *w, int64_t r0, int64_t nr, int64_t c0, int64_t nc, float *out, int64_t ldo) {
     const uint16_t *src = (const uint16_t *)w->w + (w->r0 + r0) * w->ld + c0;
-    for (int64_t r = 0; r < nr; r++)
-        for (int64_t c = 0; c < nc; c++) {
-            uint32_t bits = (uint32_t)src[r * w->ld + c] << 16;
-            memcpy(out + r * ldo + c, &bits, sizeof bits);
+    for (int64_t r = 0; r < nr; r++) {
+        const uint16_t *s = src + r * w->ld;
+        float *o = out + r * ldo;
+        int64_t c = 0;
+#ifdef BG_AVX512BF16
+        for (; c + 16 <= nc; c += 16) {  // bf16 -> fp32 is a 16-bit shift
+            __m512i h = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(s + c)));
+            _mm512_storeu_ps(o + c, _mm512_castsi512_ps(_mm512_slli_epi32(h, 16)));
         }
+#endif
+        for (; c < nc; c++) o[c] = bf16_to_f32(s[c]);
+    }
 }
 
 static void tile_nf4(const TiledWeight *w, int64_t r0, int64_t nr, int64_t c0, int64_t nc, float *out, int64_t ldo) {
