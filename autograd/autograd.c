@@ -28,6 +28,7 @@ struct Tape {
     size_t high_water;        // max over time of bytes of the arena passed over so far
     Node *last;               // most recent node
     int recording, training, checkpointing;
+    int recomputing;          // a checkpoint's backward re-run (sub-tapes only)
     int compute_bf16;         // read on the root tape only
     Rng rng;
     float *scratch[SCR_COUNT];  // used on the root tape only
@@ -232,6 +233,7 @@ void tape_prof_end(Tape *t, double t0) {
 }
 void tape_set_checkpointing(Tape *t, int on) { t->checkpointing = on ? 1 : 0; }
 int tape_checkpointing(const Tape *t) { return t->checkpointing; }
+int tape_recomputing(const Tape *t) { return t->recomputing; }
 void tape_set_compute_bf16(Tape *t, int on) { t->root->compute_bf16 = on && bf16_gemm_supported(); }
 int tape_compute_bf16(const Tape *t) { return t->root->compute_bf16; }
 
@@ -422,6 +424,7 @@ static Tape *sub_tape(Tape *t, int recording) {
     s->recording = recording;
     s->training = t->training;
     s->checkpointing = t->checkpointing;
+    s->recomputing = 0;
     return s;
 }
 
@@ -431,6 +434,7 @@ static void checkpoint_node_backward(Tape *t, const Node *n) {
     Tensor *x = n->in[0];
     Tape *s = sub_tape(t, 1);
     s->training = c->training;
+    s->recomputing = 1;
     s->rng = c->rng;
     tape_grad(t, x);  // x's gradient lives on t (none when x is frozen)
     Tensor *y = c->fn(s, x, c->ctx);

@@ -120,6 +120,10 @@ Tensor *op_checkpoint(Tape *t, Tensor *x, CheckpointFn fn, void *ctx, int has_pa
 // recording off blocks always run on the sub-tape).
 void tape_set_checkpointing(Tape *t, int on);
 int tape_checkpointing(const Tape *t);
+// 1 on the sub-tape while op_checkpoint re-runs fn for its backward. fn's output VALUES are
+// not read then (only its shape, and the gradient that flows back through it), so fn may skip
+// work that feeds nothing but them (op_lora_linear_nobase).
+int tape_recomputing(const Tape *t);
 
 // Compute dtype of the big frozen-weight matmuls (op_lora_linear's W in forward and input
 // gradient, op_linear_cross_entropy's lm_head): off = fp32 (default); on = bf16 operands with
@@ -168,6 +172,12 @@ Tensor *op_linear(Tape *t, Tensor *x, const Weight *w);
 // training mode and p > 0 (inverted dropout: kept values scaled by 1/(1-p)).
 Tensor *op_lora_linear(Tape *t, Tensor *x, const Weight *w, Tensor *A, Tensor *B,
                        float scale, float dropout_p);
+// op_lora_linear whose forward skips the frozen x wᵀ: out holds only the LoRA term (zeros
+// without A/B), the backward is op_lora_linear's (which never reads out). For an output whose
+// values nothing will read: the last projection of a block re-run by a checkpoint's backward
+// (tape_recomputing), where only the gradient flows back through it.
+Tensor *op_lora_linear_nobase(Tape *t, Tensor *x, const Weight *w, Tensor *A, Tensor *B,
+                              float scale, float dropout_p);
 
 // x (N,C), w (C) -> out (N,C)      out = x / sqrt(mean(x²) + eps) · w
 Tensor *op_rmsnorm(Tape *t, Tensor *x, Tensor *w, float eps);

@@ -396,7 +396,7 @@ static void lora_linear_node_backward(Tape *t, const Node *n) {
 }
 
 static Tensor *op_lora_linear_run(Tape *t, Tensor *x, const Weight *w, Tensor *A, Tensor *B, float scale,
-                       float dropout_p) {
+                       float dropout_p, int base) {
     int64_t C = tensor_cols(x), N = tensor_rows(x), OC = w->rows;
     if (w->cols != C)
         die_internal("op_lora_linear: x has %lld columns, weight %s has %lld", (long long)C,
@@ -414,8 +414,11 @@ static Tensor *op_lora_linear_run(Tape *t, Tensor *x, const Weight *w, Tensor *A
     memcpy(shape, x->shape, sizeof shape);
     shape[x->ndim - 1] = OC;
     Tensor *out = tape_result(t, x->ndim, shape, any_rg(x, A, B));
-    // out (N,OC) = x Wᵀ
-    weight_matmul_xwt(t, w, x->data, N, out->data);
+    // out (N,OC) = x Wᵀ (or 0: op_lora_linear_nobase)
+    if (base)
+        weight_matmul_xwt(t, w, x->data, N, out->data);
+    else
+        memset(out->data, 0, (size_t)(N * OC) * sizeof(float));
     Node *n = tape_record(t, lora_linear_node_backward, out);
     if (n) {
         n->in[0] = x;
@@ -454,7 +457,15 @@ static Tensor *op_lora_linear_run(Tape *t, Tensor *x, const Weight *w, Tensor *A
 Tensor *op_lora_linear(Tape *t, Tensor *x, const Weight *w, Tensor *A, Tensor *B, float scale,
                        float dropout_p) {
     double t0 = tape_prof_begin(t, "linear");
-    Tensor *out = op_lora_linear_run(t, x, w, A, B, scale, dropout_p);
+    Tensor *out = op_lora_linear_run(t, x, w, A, B, scale, dropout_p, 1);
+    tape_prof_end(t, t0);
+    return out;
+}
+
+Tensor *op_lora_linear_nobase(Tape *t, Tensor *x, const Weight *w, Tensor *A, Tensor *B, float scale,
+                              float dropout_p) {
+    double t0 = tape_prof_begin(t, "linear");
+    Tensor *out = op_lora_linear_run(t, x, w, A, B, scale, dropout_p, 0);
     tape_prof_end(t, t0);
     return out;
 }

@@ -31,16 +31,22 @@ void kv_free(KVCache *kv) {
 void kv_reset(KVCache *kv) { kv->len = 0; }
 
 // x (N,in) -> (N,out) through base weight w[target] of layer l, plus its LoRA when present.
-static Tensor *proj(Tape *t, const Model *m, const LoraAdapter *lora, int l, LoraTarget target,
-                    Tensor *x) {
+// base 0: the frozen x wᵀ is skipped (op_lora_linear_nobase: an output nobody reads).
+static Tensor *proj_ex(Tape *t, const Model *m, const LoraAdapter *lora, int l, LoraTarget target, Tensor *x,
+                       int base) {
     const Weight *w = &m->layers[l].w[target];
-    Tensor *bias = m->layers[l].bias[target], *y = NULL;
+    Tensor *bias = m->layers[l].bias[target], *A = NULL, *B = NULL;
     if (lora) {
-        Tensor *A = lora->A[l * LT_COUNT + target], *B = lora->B[l * LT_COUNT + target];
-        if (A) y = op_lora_linear(t, x, w, A, B, lora->scale, lora->dropout);
+        A = lora->A[l * LT_COUNT + target];
+        B = lora->B[l * LT_COUNT + target];
     }
-    if (!y) y = op_linear(t, x, w);
+    float scale = A ? lora->scale : 0.0f, p = A ? lora->dropout : 0.0f;
+    Tensor *y = base ? op_lora_linear(t, x, w, A, B, scale, p) : op_lora_linear_nobase(t, x, w, A, B, scale, p);
     return bias ? op_add_bias(t, y, bias) : y;
+}
+
+static Tensor *proj(Tape *t, const Model *m, const LoraAdapter *lora, int l, LoraTarget target, Tensor *x) {
+    return proj_ex(t, m, lora, l, target, x, 1);
 }
 
 // k or v (T, kv_dim) of layer l appended to the cache at positions kv->len..; returns a
@@ -90,7 +96,10 @@ static Tensor *block_forward(Tape *t, Tensor *x, void *ctx) {
     Tensor *g = proj(t, m, lora, l, LT_GATE, h);  // (B*T, F)
     Tensor *u = proj(t, m, lora, l, LT_UP, h);    // (B*T, F)
     Tensor *act = c->act == ACT_GELU_TANH ? op_geglu(t, g, u) : op_swiglu(t, g, u);
-    return op_add(t, x, proj(t, m, lora, l, LT_DOWN, act));
+    // A checkpoint's backward re-run reads none of the block's output values, only the
+    // gradient flowing back: the down projection's frozen matmul (a quarter of the block's
+    // matmul work) is skipped there.
+    return op_add(t, x, proj_ex(t, m, lora, l, LT_DOWN, act, !tape_recomputing(t)));
 }
 
 // Whether layer l has LoRA matrices that need gradients.

@@ -161,6 +161,7 @@ static void run_variant(const char *root, const char *name, QuantType quant) {
     np = lora_params(lora, params, MAX_PARAMS);
     TrainConfig c;
     train_config_default(&c);
+    c.compute = COMPUTE_FP32;  // the PyTorch reference is fp32 (bf16 compute: test_qlora)
     const int steps = (int)meta_num(ex, "steps"), accum = (int)meta_num(ex, "grad_accum");
     c.lr = (float)meta_num(ex, "lr");
     c.sched = SCHED_COSINE;
