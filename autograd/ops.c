@@ -353,7 +353,9 @@ static void lora_linear_node_backward(Tape *t, const Node *n) {
     float scale = n->f[0], p = n->f[1];
     const uint8_t *mask = n->saved[1];
     float *dx = tape_grad(t, x);
-    if (dx) weight_matmul_dyw(t, w, dy, N, dx);  // dx += dy W
+    // bf16 compute without dropout: dx += dy W + dh A in one GEMM pass, after dh is known
+    int fuse = dx && A && !mask && use_bf16(t, N);
+    if (dx && !fuse) weight_matmul_dyw(t, w, dy, N, dx);  // dx += dy W
     if (!A) return;
     const float *h = n->saved[0];  // (N,r)
     float *dB = tape_grad(t, B);
@@ -379,7 +381,11 @@ static void lora_linear_node_backward(Tape *t, const Node *n) {
         cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)r, (int)C, (int)N, 1.0f, dh, (int)r, xd,
                     (int)C, 1.0f, dA, (int)C);
     }
-    if (dx) {
+    if (fuse) {
+        // dx (N,C) += dy W + dh A
+        TiledWeight tw = weight_tiled(w), ta = tiled_f32(A->data, r, C);
+        bf16_matmul_dyw2(dy, N, OC, &tw, dh, r, &ta, dx, C, 1, bf16_scratch(t, N, OC + r + 1));
+    } else if (dx) {
         // dx (N,C) += drop'(dh A)
         if (!mask) {
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)N, (int)C, (int)r, 1.0f, dh, (int)r,
@@ -414,10 +420,12 @@ static Tensor *op_lora_linear_run(Tape *t, Tensor *x, const Weight *w, Tensor *A
     memcpy(shape, x->shape, sizeof shape);
     shape[x->ndim - 1] = OC;
     Tensor *out = tape_result(t, x->ndim, shape, any_rg(x, A, B));
-    // out (N,OC) = x Wᵀ (or 0: op_lora_linear_nobase)
-    if (base)
+    // out (N,OC) = x Wᵀ (or 0: op_lora_linear_nobase); with bf16 compute and LoRA, x Wᵀ and
+    // the LoRA term go through one GEMM pass, below
+    int fuse = base && A && use_bf16(t, N);
+    if (base && !fuse)
         weight_matmul_xwt(t, w, x->data, N, out->data);
-    else
+    else if (!base)
         memset(out->data, 0, (size_t)(N * OC) * sizeof(float));
     Node *n = tape_record(t, lora_linear_node_backward, out);
     if (n) {
@@ -448,8 +456,16 @@ static Tensor *op_lora_linear_run(Tape *t, Tensor *x, const Weight *w, Tensor *A
     float *h = n ? tape_alloc(t, (size_t)(N * r) * sizeof(float)) : tape_scratch(t, SCR_C, (size_t)(N * r));
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)N, (int)r, (int)C, 1.0f, xd, (int)C, A->data,
                 (int)C, 0.0f, h, (int)r);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)N, (int)OC, (int)r, scale, h, (int)r, B->data,
-                (int)r, 1.0f, out->data, (int)OC);
+    if (fuse) {
+        // out (N,OC) = x Wᵀ + (scale · h) Bᵀ
+        float *sh = tape_alloc(t, (size_t)(N * r) * sizeof(float));
+        for (int64_t i = 0; i < N * r; i++) sh[i] = scale * h[i];
+        TiledWeight tw = weight_tiled(w), tb = tiled_f32(B->data, OC, r);
+        bf16_matmul_xwt2(x->data, N, C, &tw, sh, r, &tb, out->data, OC, 0, bf16_scratch(t, N, C + r + 1));
+    } else {
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)N, (int)OC, (int)r, scale, h, (int)r, B->data,
+                    (int)r, 1.0f, out->data, (int)OC);
+    }
     if (n) n->saved[0] = h;
     return out;
 }

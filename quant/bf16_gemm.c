@@ -107,14 +107,15 @@ static inline void transpose16(__m512i r[16]) {
 }
 #endif
 
-// a (M,K) fp32, row stride lda -> ap: ceil(M/MR) micro-panels of (Kp/2, MR) bf16 pairs
-static void pack_a(uint32_t *ap, const float *a, int64_t M, int64_t K, int64_t lda, uint16_t *rowbufs,
-                   int64_t rbl) {
+// a (M,K) fp32, row stride lda -> ap: ceil(M/MR) micro-panels of (KPT, MR) bf16 pairs, a's
+// pairs at pair columns [kpo, kpo + ceil(K/2)) of each panel
+static void pack_a(uint32_t *ap, int64_t KPT, int64_t kpo, const float *a, int64_t M, int64_t K, int64_t lda,
+                   uint16_t *rowbufs, int64_t rbl) {
     const int64_t KP = (K + 1) / 2, nb = (M + BG_MR - 1) / BG_MR;
 #pragma omp parallel for schedule(static)
     for (int64_t ib = 0; ib < nb; ib++) {
         uint16_t *row = rowbufs + (int64_t)omp_get_thread_num() * rbl;
-        uint32_t *blk = ap + ib * KP * BG_MR;
+        uint32_t *blk = ap + ib * KPT * BG_MR + kpo * BG_MR;
         int64_t kp0 = 0;
 #ifdef BG_AVX512BF16
         // 16 pairs (32 values) of each of the 12 rows, transposed: 16 words of 12 rows each
@@ -283,22 +284,29 @@ static void kernel_any(int mr, const uint32_t *ap, const uint32_t *bp, int64_t k
 }
 #endif
 
-// c (M,N) (+)= a (M,K) · B (K,N), B from w as described at the top (xwt selects the case).
-static void gemm(const float *a, int64_t M, int64_t lda, const TiledWeight *w, int xwt, float *c, int64_t ldc,
-                 int accumulate, void *scratch) {
+// c (M,N) (+)= a (M,K) · B (K,N) [+ a2 (M,K2) · B2 (K2,N)], B from w and B2 from w2 as
+// described at the top (xwt selects the case). The second product (a2 = NULL: none) is the
+// same GEMM over K2 more k: its pairs follow a's in the packed A, its k-blocks follow a's.
+static void gemm(const float *a, int64_t M, int64_t lda, const TiledWeight *w, const float *a2, int64_t lda2,
+                 const TiledWeight *w2, int xwt, float *c, int64_t ldc, int accumulate, void *scratch) {
     const int64_t K = xwt ? w->cols : w->rows, N = xwt ? w->rows : w->cols;
-    const int64_t KP = (K + 1) / 2;
+    const int64_t K2 = a2 ? (xwt ? w2->cols : w2->rows) : 0;
+    if (a2 && (xwt ? w2->rows : w2->cols) != N)
+        die_internal("bf16 gemm: the second product has %lld columns, the first %lld",
+                     (long long)(xwt ? w2->rows : w2->cols), (long long)N);
+    const int64_t KP = (K + 1) / 2, KPT = KP + (K2 + 1) / 2;
     const int nth = omp_get_max_threads();
     char *s = (char *)(((uintptr_t)scratch + 63) & ~(uintptr_t)63);
     uint32_t *ap = (uint32_t *)s;
-    s += a_panel_words(M, K) * sizeof(uint32_t);
+    s += a_panel_words(M, 2 * KPT) * sizeof(uint32_t);
     float *tiles = (float *)s;
     s += (size_t)nth * BG_KC * BG_NC * sizeof(float);
     uint32_t *packs = (uint32_t *)s;
     s += (size_t)nth * (BG_KC / 2) * BG_NC * sizeof(uint32_t);
-    uint16_t *rowbufs = (uint16_t *)s;  // per thread: row_buf_len(K) bf16
-    const int64_t rbl = row_buf_len(K);
-    pack_a(ap, a, M, K, lda, rowbufs, rbl);
+    uint16_t *rowbufs = (uint16_t *)s;  // per thread: row_buf_len(2·KPT) bf16
+    const int64_t rbl = row_buf_len(2 * KPT);
+    pack_a(ap, KPT, 0, a, M, K, lda, rowbufs, rbl);
+    if (a2) pack_a(ap, KPT, KP, a2, M, K2, lda2, rowbufs, rbl);
     const int64_t npan = (N + BG_NR - 1) / BG_NR;
 #pragma omp parallel num_threads(nth)
     {
@@ -309,22 +317,27 @@ static void gemm(const float *a, int64_t M, int64_t lda, const TiledWeight *w, i
         const int64_t p0 = npan * tid / nt, p1 = npan * (tid + 1) / nt;
         for (int64_t pc = p0; pc < p1; pc += BG_NC / BG_NR) {
             const int64_t n0 = pc * BG_NR, np = min64(BG_NC / BG_NR, p1 - pc), nc = min64(np * BG_NR, N - n0);
-            for (int64_t k0 = 0; k0 < K; k0 += BG_KC) {
-                const int64_t kc = min64(BG_KC, K - k0), kpn = (kc + 1) / 2;
-                if (xwt) {
-                    w->tile(w, n0, nc, k0, kc, T, BG_KC);  // T (nc,kc) = W[n0.., k0..]
-                    pack_b_xwt(P, T, BG_KC, nc, kc, rb);
-                } else {
-                    w->tile(w, k0, kc, n0, nc, T, BG_NC);  // T (kc,nc) = W[k0.., n0..]
-                    pack_b_dyw(P, T, BG_NC, nc, kc, rb);
-                }
-                const int add = accumulate || k0 > 0;
-                for (int64_t p = 0; p < np; p++) {
-                    const int ncols = (int)min64(BG_NR, nc - p * BG_NR);
-                    const uint32_t *bp = P + p * kpn * BG_NR;
-                    for (int64_t m0 = 0; m0 < M; m0 += BG_MR)
-                        kernel_any((int)min64(BG_MR, M - m0), ap + (m0 / BG_MR) * KP * BG_MR + (k0 / 2) * BG_MR, bp,
-                                   kpn, c + m0 * ldc + n0 + p * BG_NR, ldc, add, ncols);
+            for (int part = 0; part < (a2 ? 2 : 1); part++) {
+                const TiledWeight *wp = part ? w2 : w;
+                const int64_t Kp = part ? K2 : K, kpo = part ? KP : 0;
+                for (int64_t k0 = 0; k0 < Kp; k0 += BG_KC) {
+                    const int64_t kc = min64(BG_KC, Kp - k0), kpn = (kc + 1) / 2;
+                    if (xwt) {
+                        wp->tile(wp, n0, nc, k0, kc, T, BG_KC);  // T (nc,kc) = W[n0.., k0..]
+                        pack_b_xwt(P, T, BG_KC, nc, kc, rb);
+                    } else {
+                        wp->tile(wp, k0, kc, n0, nc, T, BG_NC);  // T (kc,nc) = W[k0.., n0..]
+                        pack_b_dyw(P, T, BG_NC, nc, kc, rb);
+                    }
+                    const int add = accumulate || part || k0 > 0;
+                    for (int64_t p = 0; p < np; p++) {
+                        const int ncols = (int)min64(BG_NR, nc - p * BG_NR);
+                        const uint32_t *bp = P + p * kpn * BG_NR;
+                        for (int64_t m0 = 0; m0 < M; m0 += BG_MR)
+                            kernel_any((int)min64(BG_MR, M - m0),
+                                       ap + (m0 / BG_MR) * KPT * BG_MR + (kpo + k0 / 2) * BG_MR, bp, kpn,
+                                       c + m0 * ldc + n0 + p * BG_NR, ldc, add, ncols);
+                    }
                 }
             }
         }
@@ -334,13 +347,25 @@ static void gemm(const float *a, int64_t M, int64_t lda, const TiledWeight *w, i
 void bf16_matmul_xwt(const float *x, int64_t N, int64_t ldx, const TiledWeight *w, float *y, int64_t ldy,
                      int accumulate, void *scratch) {
     if (N <= 0) return;
-    gemm(x, N, ldx, w, 1, y, ldy, accumulate, scratch);
+    gemm(x, N, ldx, w, NULL, 0, NULL, 1, y, ldy, accumulate, scratch);
 }
 
 void bf16_matmul_dyw(const float *dy, int64_t N, int64_t lddy, const TiledWeight *w, float *dx, int64_t lddx,
                      int accumulate, void *scratch) {
     if (N <= 0) return;
-    gemm(dy, N, lddy, w, 0, dx, lddx, accumulate, scratch);
+    gemm(dy, N, lddy, w, NULL, 0, NULL, 0, dx, lddx, accumulate, scratch);
+}
+
+void bf16_matmul_xwt2(const float *x, int64_t N, int64_t ldx, const TiledWeight *w, const float *x2, int64_t ldx2,
+                      const TiledWeight *w2, float *y, int64_t ldy, int accumulate, void *scratch) {
+    if (N <= 0) return;
+    gemm(x, N, ldx, w, x2, ldx2, w2, 1, y, ldy, accumulate, scratch);
+}
+
+void bf16_matmul_dyw2(const float *dy, int64_t N, int64_t lddy, const TiledWeight *w, const float *dy2,
+                      int64_t lddy2, const TiledWeight *w2, float *dx, int64_t lddx, int accumulate, void *scratch) {
+    if (N <= 0) return;
+    gemm(dy, N, lddy, w, dy2, lddy2, w2, 0, dx, lddx, accumulate, scratch);
 }
 
 // ---- tiled views of the weight formats --------------------------------------------------

@@ -234,7 +234,8 @@ TiledWeight tiled_rows(const TiledWeight *w, int64_t r0, int64_t nrows);  // row
 // 1 when this CPU (and this build) has AVX-512 BF16; the GEMMs below must not be called
 // otherwise (a plain-C version of the same arithmetic is compiled for non-AVX-512 builds).
 int bf16_gemm_supported(void);
-// Scratch for one call with an (M, K) activation operand (M rows of x, K = its columns).
+// Scratch for one call with an (M, K) activation operand (M rows of x, K = its columns; for
+// the two-product calls below K = K1 + K2 + 1).
 size_t bf16_gemm_scratch_bytes(int64_t M, int64_t K);
 // x (N,C) row stride ldx, W (OC,C) -> y (N,OC) row stride ldy   y (+)= x Wᵀ
 void bf16_matmul_xwt(const float *x, int64_t N, int64_t ldx, const TiledWeight *w, float *y, int64_t ldy,
@@ -242,3 +243,11 @@ void bf16_matmul_xwt(const float *x, int64_t N, int64_t ldx, const TiledWeight *
 // dy (N,OC) row stride lddy, W (OC,C) -> dx (N,C) row stride lddx   dx (+)= dy W
 void bf16_matmul_dyw(const float *dy, int64_t N, int64_t lddy, const TiledWeight *w, float *dx, int64_t lddx,
                      int accumulate, void *scratch);
+// The same with a second (low-rank) product summed in the same pass over the output — LoRA's
+// path fused with the frozen matmul: its k follow the first product's.
+// x (N,C), W (OC,C), x2 (N,K2) row stride ldx2, W2 (OC,K2) -> y (N,OC)   y (+)= x Wᵀ + x2 W2ᵀ
+void bf16_matmul_xwt2(const float *x, int64_t N, int64_t ldx, const TiledWeight *w, const float *x2, int64_t ldx2,
+                      const TiledWeight *w2, float *y, int64_t ldy, int accumulate, void *scratch);
+// dy (N,OC), W (OC,C), dy2 (N,K2) row stride lddy2, W2 (K2,C) -> dx (N,C)   dx (+)= dy W + dy2 W2
+void bf16_matmul_dyw2(const float *dy, int64_t N, int64_t lddy, const TiledWeight *w, const float *dy2,
+                      int64_t lddy2, const TiledWeight *w2, float *dx, int64_t lddx, int accumulate, void *scratch);
