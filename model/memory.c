@@ -58,16 +58,23 @@ void model_memory_plan(const Model *m, const LoraAdapter *lora, int optimizer_mo
     int64_t B = batch, T = seq, N = B * T, C = c->dim, V = c->vocab_size, H = c->n_heads,
             G = c->n_heads / c->n_kv_heads, D = c->head_dim;
     int nt = get_num_threads();
-    // scratch shared by every op: attention (P and dS per thread, per-head dK/dV for GQA),
-    // weight tiles, the fused cross-entropy (kept rows, their gradient, a logits tile)
-    size_t scratch = (size_t)nt * 2 * (size_t)(T * T) + (G > 1 ? 2 * (size_t)(B * H * T * D) : 0) + wtile;
-    int64_t K = N < 2048 ? N : 2048;  // rows per chunk of the fused cross-entropy
-    int64_t tv = ((int64_t)1 << 22) / (K > C ? K : C);
-    tv = tv < 16 ? 16 : tv > V ? V : tv;
-    scratch += 2 * (size_t)(K * C) + (size_t)(K * tv) + (m->lm_head.type != WT_F32 ? (size_t)(tv * C) : 0);
+    // scratch shared by every op: attention (P and dS per thread for a block of 64 query rows,
+    // per-head dK/dV for GQA), weight tiles, the fused cross-entropy (a chunk of Kc kept rows
+    // and their logits over the whole vocabulary, at most 2^23 floats), LoRA dropout buffers
+    size_t scratch = (size_t)nt * 2 * 64 * (size_t)T + (G > 1 ? 2 * (size_t)(B * H * T * D) : 0) + wtile;
+    int64_t Kc = ((int64_t)1 << 23) / V;
+    Kc = Kc < 1 ? 1 : Kc > N ? N : Kc;
+    scratch += (size_t)(Kc * C) + (size_t)(Kc * V);
     scratch += 2 * (size_t)(N * C);  // LoRA dropout: x masked and its gradient
-    // outside the blocks: embeddings out, final norm out and their gradients
-    size_t outside = 4 * (size_t)(N * C);
+    if (bf16_gemm_supported()) {      // bf16 compute: the GEMMs' packed operands
+        int64_t kmax = C > c->hidden_dim ? C : c->hidden_dim;
+        kmax = kmax > H * D ? kmax : H * D;
+        size_t a = bf16_gemm_scratch_bytes(N, kmax + 257), b = bf16_gemm_scratch_bytes(Kc, V + 1);
+        scratch += (a > b ? a : b) / F4;
+    }
+    // outside the blocks: embeddings out, final norm out and their gradients, the fused
+    // cross-entropy's gradient of its input (computed in its forward)
+    size_t outside = 5 * (size_t)(N * C);
     size_t full = 0, worst_block = 0, masks_worst = 0;
     for (int l = 0; l < c->n_layers; l++) {
         size_t mb;
