@@ -4,7 +4,7 @@
 # on random-weight models of two shapes, plus NF4 decode speed. Prints a table; never asserts.
 #
 #   BUILD=build bash bench/bench.sh
-# Environment: BENCH_QUICK=1 (SmolLM2 shape only), BENCH_STEPS_SMALL (default 3),
+# Environment: BENCH_QUICK=1 (SmolLM2 shape only), BENCH_STEPS_SMALL (default 4),
 # BENCH_STEPS_BIG (default 2), BENCH_TIMEOUT per run in seconds (default 900),
 # BENCH_MODELS (default build/bench: the random models are written there once and reused;
 # the TinyLlama-shape one is 4.4 GB of fp32 safetensors), BENCH_MEM_GBS (memory bandwidth
@@ -25,7 +25,7 @@ BUILD=${BUILD:-build}
 BIN=$BUILD/bench/bench_step
 PY=/usr/bin/python3
 MD=${BENCH_MODELS:-build/bench}
-SS=${BENCH_STEPS_SMALL:-3}
+SS=${BENCH_STEPS_SMALL:-4}
 SB=${BENCH_STEPS_BIG:-2}
 TO=${BENCH_TIMEOUT:-900}
 GBS=${BENCH_MEM_GBS:-49}
@@ -83,26 +83,32 @@ table() {
     local ref_tok=$(kv "${R[$p.torch.bf16]:-}" tok_s)
     echo
     echo "$label   (useful work per step: ${flop:-?} GFLOP)"
-    printf '  %-26s %10s %10s %10s %12s %14s\n' configuration "tok/s" "s/step" "GFLOP/s" "peak RSS MB" "vs torch bf16"
-    for c in nf4 none torch.fp32 torch.bf16; do
+    printf '  %-30s %10s %10s %10s %12s %14s\n' configuration "tok/s" "s/step" "GFLOP/s" "peak RSS MB" "vs torch bf16"
+    for c in nf4 nf4nc none torch.fp32 torch.bf16; do
         local line=${R[$p.$c]:-}
         local name
         case $c in
             nf4) name="lora.c --quant nf4";;
+            nf4nc) name="  ... no checkpointing";;
             none) name="lora.c --quant none";;
             torch.fp32) name="torch fp32 (${BEST_T[fp32]:-?} thr)";;
             torch.bf16) name="torch bf16 autocast (${BEST_T[bf16]:-?} thr)";;
         esac
         if [ -z "$line" ] || [[ $line == failed* ]]; then
-            printf '  %-26s %s\n' "$name" "${line:-not run}"
+            printf '  %-30s %s\n' "$name" "${line:-not run}"
             continue
         fi
         local tok=$(kv "$line" tok_s) st=$(kv "$line" step_s) rss=$(kv "$line" peak_rss_mb)
         local gf=$(awk -v f="$flop" -v s="$st" 'BEGIN{ if (f == "") print ""; else printf "%.1f", f / s }')
         local ratio=$(awk -v a="$tok" -v b="$ref_tok" 'BEGIN{ if (b == "" || b == 0) print "-"; else printf "%.2fx", a / b }')
-        printf '  %-26s %10s %10s %10s %12s %14s\n' "$name" "$(fmt "$tok" %.1f)" "$(fmt "$st" %.2f)" "${gf:--}" "$(fmt "$rss" %.0f)" "$ratio"
+        printf '  %-30s %10s %10s %10s %12s %14s\n' "$name" "$(fmt "$tok" %.1f)" "$(fmt "$st" %.2f)" "${gf:--}" "$(fmt "$rss" %.0f)" "$ratio"
     done
 }
+
+# the machine's state before and after (the host may co-schedule the two vCPUs on one core)
+peak() { "$BIN" peak | sed -n 's/.*bf16_gflops=\([0-9]*\) fp32_gflops=\([0-9]*\).*/bf16 dot products \1 GFLOP\/s, fp32 FMA \2 GFLOP\/s (2 threads)/p'; }
+PEAK_BEFORE=$(peak)
+echo "   peak now: $PEAK_BEFORE"
 
 SMOL=$MD/smollm2-135m
 TINY=$MD/tinyllama-1.1b
@@ -111,6 +117,7 @@ init_model "$SMOL" 576 30 9 3 1536 49152 1 || exit 1
 echo "   running (each line is one process; progress in $LOG)" >&2
 # ---- SmolLM2-135M shape, batch 4 x seq 256 ---------------------------------------------------
 run s.nf4 "$BIN" train "$SMOL" nf4 4 256 "$SS"
+run s.nf4nc "$BIN" train "$SMOL" nf4 4 256 "$SS" 0
 run s.none "$BIN" train "$SMOL" none 4 256 "$SS"
 for dt in fp32 bf16; do
     best=""
@@ -130,6 +137,7 @@ if [ "${BENCH_QUICK:-0}" != 1 ]; then
     # ---- TinyLlama-1.1B shape, batch 1 x seq 256 and 1024 ------------------------------------
     for T in 256 1024; do
         run "t$T.nf4" "$BIN" train "$TINY" nf4 1 "$T" "$SB"
+        run "t$T.nf4nc" "$BIN" train "$TINY" nf4 1 "$T" "$SB" 0
         run "t$T.none" "$BIN" train "$TINY" none 1 "$T" "$SB"
         for dt in fp32 bf16; do
             run "t$T.torch.$dt" "$PY" bench/torch_step.py tinyllama-1.1b 1 "$T" "$SB" "$dt" "${BEST_T[$dt]}"
@@ -160,4 +168,8 @@ if [ "${BENCH_QUICK:-0}" != 1 ]; then
     fi
 fi
 echo
+echo "machine peak before: $PEAK_BEFORE"
+echo "machine peak after:  $(peak)"
+echo "lora.c: bf16 compute (AVX-512 BF16, fp32 accumulation) where the CPU has it; gradient checkpointing on"
+echo "  (the default) unless the row says otherwise"
 echo "targets: lora.c nf4 tok/s >= 1.3x torch bf16 autocast at both shapes; TinyLlama nf4 seq 1024 peak RSS <= 1536 MB"

@@ -12,10 +12,14 @@
 // token ids; the first step (arena growth, page faults) is excluded: reported time is the
 // fastest warm step (step_s; other tenants of the machine only ever slow a step down), the
 // median is med_s.
+#include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#ifdef __AVX512F__
+#include <immintrin.h>
+#endif
 #include <sys/resource.h>
 #include "util/util.h"
 #include "autograd/autograd.h"
@@ -216,6 +220,48 @@ static int bench_gemm(int64_t M, int64_t OC, int64_t C, int reps) {
     return 0;
 }
 
+// The machine's state: peak vdpbf16ps and fp32 FMA throughput of all threads together, from
+// independent register-resident chains (~0.3 s each). On a shared host the two vCPUs are
+// sometimes co-scheduled on one core, halving every figure of the run: this line shows it.
+#if defined(__AVX512BF16__)
+// 24 independent accumulators per thread, iters rounds: vdpbf16ps (kind 0) or FMA (kind 1)
+static double peak_run(int kind, long iters) {
+    double t0 = now_s();
+    float sink = 0;
+#pragma omp parallel reduction(+ : sink)
+    {
+        __m512 acc[24];
+        for (int i = 0; i < 24; i++) acc[i] = _mm512_set1_ps(0.001f * i);
+        const __m512 x = _mm512_set1_ps(0.999f), y = _mm512_set1_ps(1e-6f);
+        const __m512bh a = (__m512bh)_mm512_set1_epi32(0x3f803f80), b = (__m512bh)_mm512_set1_epi32(0x3c003c00);
+        if (kind == 0)
+            for (long it = 0; it < iters; it++) {
+#pragma GCC unroll 24
+                for (int i = 0; i < 24; i++) acc[i] = _mm512_dpbf16_ps(acc[i], a, b);
+            }
+        else
+            for (long it = 0; it < iters; it++) {
+#pragma GCC unroll 24
+                for (int i = 0; i < 24; i++) acc[i] = _mm512_fmadd_ps(acc[i], x, y);
+            }
+        for (int i = 0; i < 24; i++) sink += _mm512_reduce_add_ps(acc[i]);
+    }
+    double dt = now_s() - t0;
+    if (sink == 12345.0f) printf(" ");  // keeps the chains alive
+    return (double)omp_get_max_threads() * iters * 24 * (kind ? 32 : 64) / dt / 1e9;
+}
+#endif
+
+static int bench_peak(void) {
+#if defined(__AVX512BF16__)
+    double bf = peak_run(0, 8000000), f32 = peak_run(1, 8000000);
+    printf("mode=peak threads=%d bf16_gflops=%.0f fp32_gflops=%.0f\n", omp_get_max_threads(), bf, f32);
+#else
+    printf("mode=peak threads=%d bf16_gflops=0 fp32_gflops=0\n", omp_get_max_threads());
+#endif
+    return 0;
+}
+
 // Writes the random-weight model bench.sh times (as `lora init-model`, std 0.02, seed 1).
 static int bench_init(char **a) {
     Err e = {{0}};
@@ -231,6 +277,7 @@ int main(int argc, char **argv) {
     if (argc >= 7 && !strcmp(argv[1], "train"))
         return bench_train(argv[2], argv[3], atoi(argv[4]), atoi(argv[5]), atoi(argv[6]),
                            argc > 7 ? atoi(argv[7]) : 1);
+    if (argc == 2 && !strcmp(argv[1], "peak")) return bench_peak();
     if (argc >= 5 && !strcmp(argv[1], "gemm"))
         return bench_gemm(atoll(argv[2]), atoll(argv[3]), atoll(argv[4]), argc > 5 ? atoi(argv[5]) : 5);
     if (argc >= 6 && !strcmp(argv[1], "decode"))
@@ -238,6 +285,7 @@ int main(int argc, char **argv) {
     fprintf(stderr, "usage: bench_step train MODEL_DIR nf4|none B T STEPS [CKPT 1|0]\n"
                     "       bench_step decode MODEL_DIR nf4|none PROMPT NEW\n"
                     "       bench_step gemm M OC C [REPS]\n"
+                    "       bench_step peak\n"
                     "       bench_step init OUT_DIR DIM LAYERS HEADS KV_HEADS FFN VOCAB TIED\n");
     return 2;
 }
