@@ -30,6 +30,7 @@ struct Tape {
     int recording, training, checkpointing;
     int recomputing;          // a checkpoint's backward re-run (sub-tapes only)
     int compute_bf16;         // read on the root tape only
+    size_t recompute_cache;   // read on the root tape only
     Rng rng;
     float *scratch[SCR_COUNT];  // used on the root tape only
     size_t scratch_n[SCR_COUNT];
@@ -234,6 +235,8 @@ void tape_prof_end(Tape *t, double t0) {
 void tape_set_checkpointing(Tape *t, int on) { t->checkpointing = on ? 1 : 0; }
 int tape_checkpointing(const Tape *t) { return t->checkpointing; }
 int tape_recomputing(const Tape *t) { return t->recomputing; }
+void tape_set_recompute_cache(Tape *t, size_t bytes) { t->root->recompute_cache = bytes; }
+size_t tape_recompute_cache(const Tape *t) { return t->root->recompute_cache; }
 void tape_set_compute_bf16(Tape *t, int on) { t->root->compute_bf16 = on && bf16_gemm_supported(); }
 int tape_compute_bf16(const Tape *t) { return t->root->compute_bf16; }
 

@@ -124,6 +124,11 @@ int tape_checkpointing(const Tape *t);
 // not read then (only its shape, and the gradient that flows back through it), so fn may skip
 // work that feeds nothing but them (op_lora_linear_nobase).
 int tape_recomputing(const Tape *t);
+// Bytes of the tape's arena that model code may spend per step keeping the outputs of the
+// frozen matmuls of checkpointed blocks (op_lora_linear_cache), so that their backward re-run
+// skips those matmuls. 0 (default): everything is recomputed.
+void tape_set_recompute_cache(Tape *t, size_t bytes);
+size_t tape_recompute_cache(const Tape *t);
 
 // Compute dtype of the big frozen-weight matmuls (op_lora_linear's W in forward and input
 // gradient, op_linear_cross_entropy's lm_head): off = fp32 (default); on = bf16 operands with
@@ -178,6 +183,13 @@ Tensor *op_lora_linear(Tape *t, Tensor *x, const Weight *w, Tensor *A, Tensor *B
 // (tape_recomputing), where only the gradient flows back through it.
 Tensor *op_lora_linear_nobase(Tape *t, Tensor *x, const Weight *w, Tensor *A, Tensor *B,
                               float scale, float dropout_p);
+// op_lora_linear for a checkpointed block that keeps its matmul outputs for the backward re-run
+// (tape_recompute_cache). reuse 0 (the forward): computes as op_lora_linear and copies out
+// (N,OC) into cache_out and h = drop(x) Aᵀ (N,r) into cache_h (when A). reuse 1 (the re-run,
+// same x, w, A, B, dropout RNG state): out and h come from the cache, no matmul; the dropout
+// mask is drawn again. Gradients are those of op_lora_linear, bit for bit.
+Tensor *op_lora_linear_cache(Tape *t, Tensor *x, const Weight *w, Tensor *A, Tensor *B, float scale,
+                             float dropout_p, float *cache_out, float *cache_h, int reuse);
 
 // x (N,C), w (C) -> out (N,C)      out = x / sqrt(mean(x²) + eps) · w
 Tensor *op_rmsnorm(Tape *t, Tensor *x, Tensor *w, float eps);

@@ -401,8 +401,13 @@ static void lora_linear_node_backward(Tape *t, const Node *n) {
     }
 }
 
+// mode: LIN_FULL; LIN_NOBASE (no x Wᵀ: op_lora_linear_nobase); LIN_KEEP (also copies out and
+// h into keep_out / keep_h); LIN_KEPT (out and h taken from keep_out / keep_h, no matmul).
+enum { LIN_FULL, LIN_NOBASE, LIN_KEEP, LIN_KEPT };
+
 static Tensor *op_lora_linear_run(Tape *t, Tensor *x, const Weight *w, Tensor *A, Tensor *B, float scale,
-                       float dropout_p, int base) {
+                       float dropout_p, int mode, float *keep_out, float *keep_h) {
+    const int base = mode == LIN_FULL || mode == LIN_KEEP;
     int64_t C = tensor_cols(x), N = tensor_rows(x), OC = w->rows;
     if (w->cols != C)
         die_internal("op_lora_linear: x has %lld columns, weight %s has %lld", (long long)C,
@@ -425,8 +430,10 @@ static Tensor *op_lora_linear_run(Tape *t, Tensor *x, const Weight *w, Tensor *A
     int fuse = base && A && use_bf16(t, N);
     if (base && !fuse)
         weight_matmul_xwt(t, w, x->data, N, out->data);
-    else if (!base)
+    else if (mode == LIN_NOBASE)
         memset(out->data, 0, (size_t)(N * OC) * sizeof(float));
+    else if (mode == LIN_KEPT)
+        memcpy(out->data, keep_out, (size_t)(N * OC) * sizeof(float));
     Node *n = tape_record(t, lora_linear_node_backward, out);
     if (n) {
         n->in[0] = x;
@@ -440,7 +447,10 @@ static Tensor *op_lora_linear_run(Tape *t, Tensor *x, const Weight *w, Tensor *A
         n->d[2] = OC;
         n->d[3] = r;
     }
-    if (!A) return out;
+    if (!A) {
+        if (mode == LIN_KEEP) memcpy(keep_out, out->data, (size_t)(N * OC) * sizeof(float));
+        return out;
+    }
     const float *xd = x->data;
     int drop = tape_training(t) && dropout_p > 0.0f;
     if (drop) {
@@ -453,6 +463,10 @@ static Tensor *op_lora_linear_run(Tape *t, Tensor *x, const Weight *w, Tensor *A
         if (n) n->saved[1] = mask;
     }
     // h (N,r) = xd Aᵀ; out += scale · h Bᵀ
+    if (mode == LIN_KEPT) {  // the mask above is drawn again (the same RNG state); h is kept
+        if (n) n->saved[0] = keep_h;
+        return out;
+    }
     float *h = n ? tape_alloc(t, (size_t)(N * r) * sizeof(float)) : tape_scratch(t, SCR_C, (size_t)(N * r));
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)N, (int)r, (int)C, 1.0f, xd, (int)C, A->data,
                 (int)C, 0.0f, h, (int)r);
@@ -467,13 +481,17 @@ static Tensor *op_lora_linear_run(Tape *t, Tensor *x, const Weight *w, Tensor *A
                     (int)r, 1.0f, out->data, (int)OC);
     }
     if (n) n->saved[0] = h;
+    if (mode == LIN_KEEP) {
+        memcpy(keep_out, out->data, (size_t)(N * OC) * sizeof(float));
+        memcpy(keep_h, h, (size_t)(N * r) * sizeof(float));
+    }
     return out;
 }
 
 Tensor *op_lora_linear(Tape *t, Tensor *x, const Weight *w, Tensor *A, Tensor *B, float scale,
                        float dropout_p) {
     double t0 = tape_prof_begin(t, "linear");
-    Tensor *out = op_lora_linear_run(t, x, w, A, B, scale, dropout_p, 1);
+    Tensor *out = op_lora_linear_run(t, x, w, A, B, scale, dropout_p, LIN_FULL, NULL, NULL);
     tape_prof_end(t, t0);
     return out;
 }
@@ -481,7 +499,15 @@ Tensor *op_lora_linear(Tape *t, Tensor *x, const Weight *w, Tensor *A, Tensor *B
 Tensor *op_lora_linear_nobase(Tape *t, Tensor *x, const Weight *w, Tensor *A, Tensor *B, float scale,
                               float dropout_p) {
     double t0 = tape_prof_begin(t, "linear");
-    Tensor *out = op_lora_linear_run(t, x, w, A, B, scale, dropout_p, 0);
+    Tensor *out = op_lora_linear_run(t, x, w, A, B, scale, dropout_p, LIN_NOBASE, NULL, NULL);
+    tape_prof_end(t, t0);
+    return out;
+}
+
+Tensor *op_lora_linear_cache(Tape *t, Tensor *x, const Weight *w, Tensor *A, Tensor *B, float scale,
+                             float dropout_p, float *cache_out, float *cache_h, int reuse) {
+    double t0 = tape_prof_begin(t, "linear");
+    Tensor *out = op_lora_linear_run(t, x, w, A, B, scale, dropout_p, reuse ? LIN_KEPT : LIN_KEEP, cache_out, cache_h);
     tape_prof_end(t, t0);
     return out;
 }

@@ -88,6 +88,16 @@ static int bench_train(const char *dir, const char *quant, int B, int T, int ste
     tape_set_checkpointing(t, ckpt);
     const char *cd = getenv("BENCH_COMPUTE");  // bf16 (default where supported) | fp32
     tape_set_compute_bf16(t, !cd || strcmp(cd, "fp32") != 0);
+    // as `lora train`: --memory-limit (BENCH_MEMORY_LIMIT MiB, default 1536) over the plan lets
+    // checkpointed blocks keep their matmul outputs
+    const char *ml = getenv("BENCH_MEMORY_LIMIT");
+    MemoryPlan plan;
+    model_memory_plan(m, lora, 2, B, T, &plan);
+    size_t total = model_memory_total(&plan, ckpt), limit = (size_t)(ml ? atol(ml) : 1536) << 20;
+    size_t budget = ckpt && limit > total ? limit - total : 0;
+    int kept_blocks = 0;
+    model_recompute_cache_plan(m, lora, B, T, budget, &kept_blocks);
+    tape_set_recompute_cache(t, budget);
     int prof = getenv("BENCH_PROFILE") != NULL;  // per-op table on stderr (as lora train --profile)
     tape_set_profile(t, prof);
     int n = B * T, V = m->cfg.vocab_size;
@@ -121,9 +131,9 @@ static int bench_train(const char *dir, const char *quant, int B, int T, int ste
     double med = dt[(steps > 1) + warm / 2], best = dt[steps > 1];
     double fl = step_flops(&m->cfg, B, T, 8);
     printf("mode=train quant=%s compute=%s B=%d T=%d ckpt=%d step_s=%.4f med_s=%.4f first_s=%.4f tok_s=%.2f gflops=%.2f "
-           "peak_rss_mb=%.1f load_s=%.2f loss=%.4f arena_mb=%.1f step_gflop=%.1f\n",
+           "peak_rss_mb=%.1f load_s=%.2f loss=%.4f arena_mb=%.1f step_gflop=%.1f kept_blocks=%d plan_mb=%.0f\n",
            quant, tape_compute_bf16(t) ? "bf16" : "fp32", B, T, ckpt, best, med, dt[0], n / best, fl / best / 1e9, peak_rss_mb(), t_load, loss_v,
-           tape_arena_bytes(t) / 1048576.0, fl / 1e9);
+           tape_arena_bytes(t) / 1048576.0, fl / 1e9, kept_blocks, total / 1048576.0);
     free(dt);
     free(ids);
     tape_free(t);

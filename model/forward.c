@@ -65,7 +65,43 @@ typedef struct {
     const LoraAdapter *lora;
     KVCache *kv;
     int l, B, T;
+    float *cache;  // NULL, or this checkpointed block's kept matmul outputs (block_cache_floats)
 } Block;
+
+// The projections whose outputs a checkpointed block may keep for its backward re-run (the
+// down projection's output is not read there at all: proj_ex skips its matmul).
+static const LoraTarget CACHED[] = {LT_Q, LT_K, LT_V, LT_O, LT_GATE, LT_UP};
+#define N_CACHED ((int)(sizeof CACHED / sizeof CACHED[0]))
+
+// Floats of target CACHED[i]'s slot in layer l's cache for N tokens: out (N,OC), then its LoRA
+// h (N,r) when it has one.
+static int64_t cache_slot_floats(const Model *m, const LoraAdapter *lora, int l, int i, int64_t N) {
+    LoraTarget tg = CACHED[i];
+    const Tensor *A = lora ? lora->A[l * LT_COUNT + tg] : NULL;
+    return N * (m->layers[l].w[tg].rows + (A ? A->shape[0] : 0));
+}
+
+static int64_t block_cache_floats(const Model *m, const LoraAdapter *lora, int l, int64_t N) {
+    int64_t f = 0;
+    for (int i = 0; i < N_CACHED; i++) f += cache_slot_floats(m, lora, l, i, N);
+    return f;
+}
+
+// proj for block b: through its cache when it has one (kept in the forward, reused by the
+// backward re-run), else computed.
+static Tensor *proj_block(Tape *t, const Block *b, LoraTarget target, Tensor *x) {
+    if (!b->cache) return proj(t, b->m, b->lora, b->l, target, x);
+    const int64_t N = (int64_t)b->B * b->T;
+    float *slot = b->cache;
+    int i = 0;
+    while (CACHED[i] != target) slot += cache_slot_floats(b->m, b->lora, b->l, i++, N);
+    const Weight *w = &b->m->layers[b->l].w[target];
+    Tensor *bias = b->m->layers[b->l].bias[target];
+    Tensor *A = b->lora->A[b->l * LT_COUNT + target], *B = b->lora->B[b->l * LT_COUNT + target];
+    float scale = A ? b->lora->scale : 0.0f, p = A ? b->lora->dropout : 0.0f;
+    Tensor *y = op_lora_linear_cache(t, x, w, A, B, scale, p, slot, slot + N * w->rows, tape_recomputing(t));
+    return bias ? op_add_bias(t, y, bias) : y;
+}
 
 static Tensor *block_forward(Tape *t, Tensor *x, void *ctx) {
     const Block *b = ctx;
@@ -78,9 +114,9 @@ static Tensor *block_forward(Tape *t, Tensor *x, void *ctx) {
     const int pos0 = kv ? kv->len : 0;
     // attention block
     Tensor *h = op_rmsnorm(t, x, L->attn_norm, c->norm_eps);
-    Tensor *q = proj(t, m, lora, l, LT_Q, h);  // (B*T, H*D)
-    Tensor *k = proj(t, m, lora, l, LT_K, h);  // (B*T, KVH*D)
-    Tensor *v = proj(t, m, lora, l, LT_V, h);  // (B*T, KVH*D)
+    Tensor *q = proj_block(t, b, LT_Q, h);  // (B*T, H*D)
+    Tensor *k = proj_block(t, b, LT_K, h);  // (B*T, KVH*D)
+    Tensor *v = proj_block(t, b, LT_V, h);  // (B*T, KVH*D)
     q = op_rope(t, q, B, T, H, D, pos0, m->inv_freq, ROPE_HALF);
     k = op_rope(t, k, B, T, KVH, D, pos0, m->inv_freq, ROPE_HALF);
     int64_t Tk = T;
@@ -90,11 +126,11 @@ static Tensor *block_forward(Tape *t, Tensor *x, void *ctx) {
         Tk = pos0 + T;
     }
     Tensor *a = op_attention(t, q, k, v, B, T, Tk, H, KVH, D, c->sliding_window);  // (B*T, H*D)
-    x = op_add(t, x, proj(t, m, lora, l, LT_O, a));
+    x = op_add(t, x, proj_block(t, b, LT_O, a));
     // MLP block
     h = op_rmsnorm(t, x, L->ffn_norm, c->norm_eps);
-    Tensor *g = proj(t, m, lora, l, LT_GATE, h);  // (B*T, F)
-    Tensor *u = proj(t, m, lora, l, LT_UP, h);    // (B*T, F)
+    Tensor *g = proj_block(t, b, LT_GATE, h);  // (B*T, F)
+    Tensor *u = proj_block(t, b, LT_UP, h);    // (B*T, F)
     Tensor *act = c->act == ACT_GELU_TANH ? op_geglu(t, g, u) : op_swiglu(t, g, u);
     // A checkpoint's backward re-run reads none of the block's output values, only the
     // gradient flowing back: the down projection's frozen matmul (a quarter of the block's
@@ -110,6 +146,27 @@ static int layer_trains(const LoraAdapter *lora, int l) {
         if ((A && A->requires_grad) || (B && B->requires_grad)) return 1;
     }
     return 0;
+}
+
+// Bytes layer l's checkpointed block keeps for its re-run (0: it trains nothing, no re-run).
+static size_t cache_need(const Model *m, const LoraAdapter *lora, int l, int64_t N) {
+    return lora && layer_trains(lora, l) ? (size_t)block_cache_floats(m, lora, l, N) * sizeof(float) : 0;
+}
+
+size_t model_recompute_cache_plan(const Model *m, const LoraAdapter *lora, int batch, int seq, size_t budget,
+                                  int *blocks) {
+    size_t used = 0;
+    int n = 0;
+    for (int l = 0; l < m->cfg.n_layers; l++) {
+        size_t need = cache_need(m, lora, l, (int64_t)batch * seq);
+        if (need && need <= budget) {
+            used += need;
+            budget -= need;
+            n++;
+        }
+    }
+    if (blocks) *blocks = n;
+    return used;
 }
 
 // ids (B,T) -> the final-normed hidden states (B*T, C), or (B, C) for the last positions.
@@ -129,9 +186,16 @@ static Tensor *model_trunk(Tape *t, const Model *m, const LoraAdapter *lora, con
         const float s = c->embed_scale;
         for (int64_t i = 0; i < x->n; i++) x->data[i] *= s;
     }
+    // checkpointed blocks keep their matmul outputs for the re-run while the budget lasts
+    size_t budget = sub && tape_recording(t) ? tape_recompute_cache(t) : 0;
     for (int l = 0; l < c->n_layers; l++) {
         Block *b = tape_alloc(t, sizeof *b);
-        *b = (Block){m, lora, kv, l, B, T};
+        *b = (Block){m, lora, kv, l, B, T, NULL};
+        size_t need = cache_need(m, lora, l, N);
+        if (need && need <= budget) {
+            b->cache = tape_alloc(t, need);
+            budget -= need;
+        }
         x = sub ? op_checkpoint(t, x, block_forward, b, layer_trains(lora, l)) : block_forward(t, x, b);
     }
     if (kv) kv->len += T;

@@ -89,6 +89,11 @@ void model_memory_plan(const Model *m, const LoraAdapter *lora, int optimizer_mo
                           worst_block;
 }
 
+size_t model_memory_total(const MemoryPlan *p, int checkpointing) {
+    return p->linear + p->embedding + p->lm_head + p->norms + p->adapter + p->adapter_grads + p->optimizer +
+           (checkpointing ? p->act_checkpointed : p->act_full);
+}
+
 static void line(FILE *f, const char *what, size_t bytes, const char *note) {
     fprintf(f, "  %-22s %9.1f MiB  %s\n", what, bytes / MIB, note);
 }
@@ -118,6 +123,5 @@ void model_print_memory_plan(FILE *f, const Model *m, const MemoryPlan *p, int b
     snprintf(note, sizeof note, "estimate, %s checkpointing (%.1f MiB %s)", checkpointing ? "with" : "without",
              (checkpointing ? p->act_full : p->act_checkpointed) / MIB, checkpointing ? "without" : "with");
     line(f, "activations", act, note);
-    size_t total = p->linear + p->embedding + p->lm_head + p->norms + p->adapter + p->adapter_grads + p->optimizer + act;
-    line(f, "total", total, "(plus code, libraries and data)");
+    line(f, "total", model_memory_total(p, checkpointing), "(plus code, libraries and data)");
 }

@@ -194,6 +194,15 @@ typedef struct {
 // optimizer_moments: fp32 values kept per trainable parameter (AdamW: 2). lora may be NULL.
 void model_memory_plan(const Model *m, const LoraAdapter *lora, int optimizer_moments, int batch,
                        int seq, MemoryPlan *p);
+// Bytes of the plan: weights, adapter, its gradients, optimizer state and the activations
+// (with or without checkpointing).
+size_t model_memory_total(const MemoryPlan *p, int checkpointing);
+// Checkpointed blocks may keep their frozen-matmul outputs (q, k, v, o, gate, up and the LoRA
+// h's) so that their backward re-run skips those matmuls (tape_set_recompute_cache): the
+// bytes that a budget of `budget` bytes lets whole blocks keep in a batch x seq step, and in
+// *blocks how many blocks that is (the first ones that train).
+size_t model_recompute_cache_plan(const Model *m, const LoraAdapter *lora, int batch, int seq, size_t budget,
+                                  int *blocks);
 // Prints the plan (weights by kind and storage type, adapter, optimizer state, activations
 // with and without checkpointing, total) as an indented block.
 void model_print_memory_plan(FILE *f, const Model *m, const MemoryPlan *p, int batch, int seq,

@@ -358,6 +358,25 @@ static void test_checkpointing(const char *dir) {
         snprintf(name, sizeof name, "%s: a second checkpointed step on the same tape repeats it bit for bit",
                  q ? "nf4" : "fp32");
         CHECK(name, l_on2 == l_on && !memcmp(g_on, g_on2, (size_t)n1 * 4), "differs");
+        // checkpointed blocks that keep their matmul outputs for the re-run (all of them, then
+        // a budget for one block only): the same loss and gradients, bit for bit
+        for (int part = 0; part < 2; part++) {
+            Tape *t3 = tape_new(&e);
+            tape_set_recompute_cache(t3, part ? (size_t)200000 : (size_t)1 << 30);  // a block keeps ~181 KB
+            float *g_c;
+            int64_t nc;
+            size_t arena_c;
+            float l_c = step(t3, m, a, ids, tg, B, T, 1, &g_c, &nc, &arena_c);
+            snprintf(name, sizeof name,
+                     "%s: checkpointing with %s blocks' matmul outputs kept: bit-identical (arena %.2f MiB)",
+                     q ? "nf4" : "fp32", part ? "one of the" : "all", arena_c / 1048576.0);
+            CHECK(name, nc == n1 && l_c == l_off && !memcmp(g_c, g_off, (size_t)n1 * 4) && arena_c > arena_on &&
+                            (part || arena_c < arena_off),
+                  "loss %.9g vs %.9g, grads %s, arena %zu (ckpt %zu, full %zu)", l_c, l_off,
+                  nc == n1 && !memcmp(g_c, g_off, (size_t)n1 * 4) ? "same" : "differ", arena_c, arena_on, arena_off);
+            free(g_c);
+            tape_free(t3);
+        }
         snprintf(name, sizeof name, "%s: checkpointing needs less arena (%.2f MiB vs %.2f MiB without)",
                  q ? "nf4" : "fp32", arena_on / 1048576.0, arena_off / 1048576.0);
         CHECK(name, arena_on < arena_off * 0.6, "not less enough");

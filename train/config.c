@@ -17,6 +17,7 @@ void train_config_default(TrainConfig *c) {
     c->targets = (1u << LT_COUNT) - 1;
     c->quant = QUANT_NF4;
     c->grad_checkpointing = 1;
+    c->memory_limit_mb = 1536;
     data_options_default(&c->data_opts);
     c->val_fraction = 0.1f;
     c->epochs = 1.0f;
@@ -110,6 +111,7 @@ int train_config_set(TrainConfig *c, const char *key_in, const char *v, Err *e) 
     if (IS("profile")) return parse_bool(key, v, &c->profile, e);
     if (IS("grad_checkpointing")) return parse_bool(key, v, &c->grad_checkpointing, e);
     if (IS("compute_dtype")) return compute_dtype_parse(v, &c->compute, e);
+    if (IS("memory_limit")) return parse_int(key, v, 0, 1 << 30, &c->memory_limit_mb, e);
     if (IS("format")) {
         int f = (int)data_format_parse(v, e);
         if (f < 0) return -1;
@@ -231,6 +233,7 @@ int train_config_save(const TrainConfig *c, const char *path, Err *e) {
     S("quant_cache", c->quant_cache);
     BOOL("grad_checkpointing", c->grad_checkpointing);
     S("compute_dtype", compute_dtype_name(c->compute));
+    I("memory_limit", c->memory_limit_mb);
     static const char *const FORMATS[] = {"auto", "alpaca", "completion", "messages", "text"};
     S("format", FORMATS[c->data_opts.format]);
     S("template", template_name(c->data_opts.tpl));

@@ -49,6 +49,8 @@ static const char *USAGE =
     "  --quant nf4|none (default nf4: QLoRA, the frozen base in 4 bits; none: fp32 base)\n"
     "  --quant-cache FILE (keep the quantized base in FILE: later runs on the same model load it)\n"
     "  --grad-checkpointing true|false (default true: recompute each block in backward)\n"
+    "  --memory-limit MiB (default 1536: while the planned step stays under it, checkpointed blocks\n"
+    "    keep their matmul outputs and the backward skips recomputing them; 0: recompute all)\n"
     "  --compute-dtype auto|bf16|fp32 (default auto: bf16 matmuls over the frozen base with fp32\n"
     "    accumulation where the CPU has AVX-512 BF16, else fp32; evaluation always fp32)\n"
     "  --profile (wall time per op: forward, recompute, backward; optimizer, data, eval)\n"

@@ -35,6 +35,8 @@ typedef struct {
     char quant_cache[1024];    // "" or a file caching the quantized base (`--quant-cache`)
     int profile;               // 1: per-op wall-time table at the end (`--profile`)
     int grad_checkpointing;    // 1: each block recomputed in backward (`--grad-checkpointing`)
+    int memory_limit_mb;       // 1536: checkpointed blocks keep their matmul outputs (no re-run
+                               // matmuls) while the planned step stays under it (`--memory-limit`)
     ComputeDtype compute;      // COMPUTE_AUTO: bf16 matmuls over the frozen base where the CPU
                                // has AVX-512 BF16, else fp32 (`--compute-dtype`)
     // data

@@ -247,6 +247,15 @@ static int run_setup(Run *r, const TrainConfig *c, Err *e) {
     MemoryPlan plan;
     model_memory_plan(r->model, r->lora, 2, c->batch_size, dopt.seq_len, &plan);
     model_print_memory_plan(stdout, r->model, &plan, c->batch_size, dopt.seq_len, c->grad_checkpointing);
+    // what the memory limit leaves over the plan: checkpointed blocks keep their matmul outputs
+    size_t total = model_memory_total(&plan, c->grad_checkpointing), limit = (size_t)c->memory_limit_mb << 20;
+    size_t budget = c->grad_checkpointing && limit > total ? limit - total : 0;
+    int kept_blocks = 0;
+    size_t kept = model_recompute_cache_plan(r->model, r->lora, c->batch_size, dopt.seq_len, budget, &kept_blocks);
+    tape_set_recompute_cache(r->tape, budget);
+    if (c->grad_checkpointing)
+        printf("  %-22s %9.1f MiB  %d of %d blocks keep their matmul outputs for the backward (--memory-limit %d MiB)\n",
+               "kept for recompute", kept / 1048576.0, kept_blocks, r->model->cfg.n_layers, c->memory_limit_mb);
     if (!(r->loader = loader_new(&r->train_view, c->batch_size, 1, c->seed, 0, e))) return -1;
     r->n_micro = c->grad_accum;
     if (!(r->micro = xcalloc((size_t)r->n_micro, sizeof(Batch), "micro-batches", e))) return -1;
