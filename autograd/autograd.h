@@ -134,7 +134,9 @@ size_t tape_recompute_cache(const Tape *t);
 // gradient, op_linear_cross_entropy's lm_head): off = fp32 (default); on = bf16 operands with
 // fp32 accumulation (quant.h's AVX-512 BF16 GEMMs; `--compute-dtype bf16`), for x with at
 // least 16 rows (decoding keeps its fp32 GEMVs). Setting it on a CPU without AVX-512 BF16
-// leaves fp32 (tape_compute_bf16 then reads 0). LoRA A/B, attention, norms stay fp32.
+// leaves fp32 (tape_compute_bf16 then reads 0). op_attention then runs its products (Q Kᵀ, P V
+// and those of its backward) in bf16 with fp32 accumulation and an fp32 softmax, at any Tq.
+// LoRA A/B and norms stay fp32.
 void tape_set_compute_bf16(Tape *t, int on);
 int tape_compute_bf16(const Tape *t);
 

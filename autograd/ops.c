@@ -704,6 +704,26 @@ static void block_keys(int64_t i0, int64_t nr, int64_t Tq, int64_t Tk, int windo
     *nk = hi1 - lo + 1;
 }
 
+// row (·) of scores, keys [lo, hi] visible -> row[lo..hi] = exp(row - max) in place; returns
+// 1/sum. st (2) = (max, 1/sum): written when fresh (unless NULL), else read (the backward's
+// recomputation, giving identical values).
+static float softmax_row_exp(float *row, int64_t lo, int64_t hi, float *st, int fresh) {
+    float mx, inv;
+    if (fresh) {
+        mx = row_max(row + lo, hi - lo + 1);
+        inv = 1.0f / exp_shift_sum(row + lo, row + lo, hi - lo + 1, mx);
+        if (st) {
+            st[0] = mx;
+            st[1] = inv;
+        }
+    } else {
+        mx = st[0];
+        inv = st[1];
+        exp_shift_sum(row + lo, row + lo, hi - lo + 1, mx);
+    }
+    return inv;
+}
+
 // Q (nr,·) row stride ldq: queries i0.., K (nk,·) row stride ldk: keys k0.. -> P (nr,nk): the
 // probabilities softmax(mask(scale · Q Kᵀ)) of those rows, zero outside each row's visible
 // keys. stats (nr,2) (max, 1/sum): written when fresh, else read (the backward's
@@ -719,19 +739,7 @@ static void attention_probs(float *P, float *stats, int fresh, const float *Q, i
         visible_keys(i0 + i, Tq, Tk, window, &lo, &hi);
         lo -= k0;
         hi -= k0;
-        float mx, inv;
-        if (fresh) {
-            mx = row_max(row + lo, hi - lo + 1);
-            inv = 1.0f / exp_shift_sum(row + lo, row + lo, hi - lo + 1, mx);
-            if (stats) {
-                stats[2 * i] = mx;
-                stats[2 * i + 1] = inv;
-            }
-        } else {
-            mx = stats[2 * i];
-            inv = stats[2 * i + 1];
-            exp_shift_sum(row + lo, row + lo, hi - lo + 1, mx);
-        }
+        float inv = softmax_row_exp(row, lo, hi, stats ? stats + 2 * i : NULL, fresh);
         for (int64_t j = 0; j < lo; j++) row[j] = 0.0f;
         for (int64_t j = lo; j <= hi; j++) row[j] *= inv;
         for (int64_t j = hi + 1; j < nk; j++) row[j] = 0.0f;
@@ -775,6 +783,25 @@ static void softmax_backward_rows(float *dS, const float *P, int64_t nr, int64_t
 #pragma omp simd
         for (int64_t j = 0; j < nk; j++) dr[j] = pr[j] * (dr[j] - dot);
     }
+}
+
+// dkh, dvh (B,H,Tk,D) per query head -> dk, dv (B,Tk,KVH*D) +=, summed over each group of G heads
+// in a fixed order: dk[b,j,kvh*D + d] += Σ_g dkh[b, kvh*G+g, j, d] (NULL: skipped)
+static void attention_sum_groups(float *dk, float *dv, const float *dkh, const float *dvh, int64_t B, int64_t Tk,
+                                 int KVH, int64_t G, int D) {
+    int64_t H = KVH * G, KD = (int64_t)KVH * D;
+    if (!dk && !dv) return;
+#pragma omp parallel for collapse(2) schedule(static)
+    for (int64_t b = 0; b < B; b++)
+        for (int64_t j = 0; j < Tk; j++)
+            for (int64_t kh = 0; kh < KVH; kh++)
+                for (int64_t g = 0; g < G; g++) {
+                    int64_t src = ((b * H + kh * G + g) * Tk + j) * D, dst = (b * Tk + j) * KD + kh * D;
+                    if (dk)
+                        for (int d = 0; d < D; d++) dk[dst + d] += dkh[src + d];
+                    if (dv)
+                        for (int d = 0; d < D; d++) dv[dst + d] += dvh[src + d];
+                }
 }
 
 // dout (B,Tq,H*D), stats (B,H,Tq,2), q, k, v -> dq (B,Tq,H*D) +=, dk, dv (B,Tk,KVH*D) +=
@@ -835,23 +862,489 @@ static void attention_backward(Tape *t, float *dq, float *dk, float *dv, const f
                                 (int)HD, 1.0f, dK + k0 * ldk, (int)ldk);
             }
         }
-    if (G == 1 || (!dk && !dv)) return;
-    // sum the per-head buffers over each group: dk[b,j,kvh*D + d] += Σ_g dkh[b, kvh*G+g, j, d]
-#pragma omp parallel for collapse(2) schedule(static)
-    for (int64_t b = 0; b < B; b++)
-        for (int64_t j = 0; j < Tk; j++)
-            for (int64_t kh = 0; kh < KVH; kh++)
-                for (int64_t g = 0; g < G; g++) {
-                    int64_t src = ((b * H + kh * G + g) * Tk + j) * D, dst = (b * Tk + j) * KD + kh * D;
-                    if (dk)
-                        for (int d = 0; d < D; d++) dk[dst + d] += dkh[src + d];
-                    if (dv)
-                        for (int d = 0; d < D; d++) dv[dst + d] += dvh[src + d];
-                }
+    if (G > 1) attention_sum_groups(dk, dv, dkh, dvh, B, Tk, KVH, G, D);
 }
 
+// ---- attention in bf16 (tape_compute_bf16) ---------------------------------------------------
+// The same blocks and the same fp32 softmax as above, but every product runs on AVX-512 BF16
+// dot products (vdpbf16ps: each fp32 lane adds the two products of one pair of bf16 words)
+// with fp32 accumulation: Q Kᵀ and dO Vᵀ over bf16 Q, K, dO, V; P V with P rounded to bf16;
+// dQ = dS K, dK = dSᵀ Q, dV = Pᵀ dO with dS (already scaled) and P rounded to bf16. Gradients
+// accumulate in fp32.
+//
+// A product C (M,N) = A (M,K) · B (K,N) takes K in pairs: A as 32-bit words (m, kp) holding
+// (A[m][2kp], A[m][2kp+1]) (low half = even k), broadcast one at a time; B as words (kp, n)
+// holding (B[2kp][n], B[2kp+1][n]), read 16 columns per vector. The micro-kernel keeps an
+// ATT_MR × (16·ATT_NV) block of C in zmm accumulators. Layouts ("words" = bf16 pairs):
+//   rows:     X (R,n) -> (R, ceil(n/2)) words, pairs along a row (a plain bf16 copy)
+//   rowpairs: X (R,n) -> (ceil(R/2), n') words, word [rp][c] = (X[2rp][c], X[2rp+1][c])
+//   cols:     X (R,n) -> (ceil(n/2), R') words, word [cp][r] = (X[r][2cp], X[r][2cp+1])
+// so that
+//   S  (nr,nk) = Q·Kᵀ  : A = Q rows        B = K cols   (per (b,kvh), keys padded to 16)
+//   O  (nr,D)  = P·V   : A = P rows        B = V rowpairs
+//   dP (nr,nk) = dO·Vᵀ : A = dO rows       B = V cols
+//   dQ (nr,D)  = dS·K  : A = dS rows       B = K rowpairs
+//   dK (nk,D)  = dSᵀ·Q : A = dS rowpairs read transposed (word (j, ip) at [ip][j])  B = Q rowpairs
+//   dV (nk,D)  = Pᵀ·dO : A = P rowpairs read transposed                            B = dO rowpairs
+// A block's keys start at k0 rounded down to 16 (an even key, so pairs of keys line up with
+// the per-(b,kvh) packs) and end rounded up to 16: the extra keys are masked (P = dS = 0).
+// Within a block, each micro-kernel call covers only the keys (or queries) its rows can see,
+// to 16 columns or one pair (AttBand): the masked triangle of a causal block is mostly skipped.
+// Pads are zeros (0 · anything finite). Every output element is computed by one thread in a
+// fixed order, so results do not depend on the thread count.
+#if defined(__AVX512BF16__) && defined(__AVX512BW__)
+#define ATT_BF16 1
+#define ATT_MR 6  // rows of A per micro-kernel
+#define ATT_NV 4  // vectors of 16 columns of B per micro-kernel (6 × 4 accumulators)
+
+static int64_t att_round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
+
+// lanes [0, n) of 16, n <= 0 -> none
+static inline __mmask16 att_mask(int64_t n) { return n <= 0 ? 0 : tail_mask(n); }
+
+// x (n) -> 16 words c: (bf16(mul·x[2c]), bf16(mul·x[2c+1])), the values past n zero
+static inline __m512i att_words(const float *x, int64_t n, __m512 mul) {
+    __m512 lo = _mm512_mul_ps(_mm512_maskz_loadu_ps(att_mask(n), x), mul);
+    __m512 hi = _mm512_mul_ps(_mm512_maskz_loadu_ps(att_mask(n - 16), x + 16), mul);
+    return (__m512i)_mm512_cvtne2ps_pbh(hi, lo);
+}
+
+// a, b (16) -> 16 words c: (bf16(a[c]), bf16(b[c]))
+static inline __m512i att_interleave(__m512 a, __m512 b) {
+    const __m512i idx = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22, 6,
+                                         21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+    return _mm512_permutexvar_epi16(idx, (__m512i)_mm512_cvtne2ps_pbh(b, a));
+}
+
+// x0, x1 (n) (x1 NULL: zeros) -> 16 words c: (bf16(mul·x0[c]), bf16(mul·x1[c])), past n zero
+static inline __m512i att_pair_words(const float *x0, const float *x1, int64_t n, __m512 mul) {
+    __mmask16 k = att_mask(n);
+    __m512 a = _mm512_mul_ps(_mm512_maskz_loadu_ps(k, x0), mul);
+    __m512 b = x1 ? _mm512_mul_ps(_mm512_maskz_loadu_ps(k, x1), mul) : _mm512_setzero_ps();
+    return att_interleave(a, b);
+}
+
+// x (n): fetched into L1 ahead of use (the rows of one head are strided, so the hardware
+// prefetchers miss them)
+static inline void att_prefetch(const float *x, int64_t n) {
+    for (int64_t c = 0; c < n; c += 16) _mm_prefetch((const char *)(x + c), _MM_HINT_T0);
+}
+
+// x (R,n) row stride ldx -> dst (R, nw) words row stride ldd ("rows" of mul·x; words past n/2 zero)
+static void att_pack_rows(uint32_t *dst, int64_t ldd, const float *x, int64_t ldx, int64_t R, int64_t n,
+                          int64_t nw, float mul) {
+    const __m512 vm = _mm512_set1_ps(mul);
+    for (int64_t r = 0; r < R; r++) {
+        if (r + 8 < R) att_prefetch(x + (r + 8) * ldx, n);
+        for (int64_t c = 0; c < nw; c += 16)
+            _mm512_mask_storeu_epi32(dst + r * ldd + c, att_mask(nw - c),
+                                     att_words(x + r * ldx + 2 * c, n - 2 * c, vm));
+    }
+}
+
+// x (R,n) row stride ldx -> dst (npr, nw) words row stride ldd ("rowpairs" of mul·x; rows past
+// R and columns past n zero; npr >= ceil(R/2))
+static void att_pack_rowpairs(uint32_t *dst, int64_t ldd, const float *x, int64_t ldx, int64_t R, int64_t npr,
+                              int64_t n, int64_t nw, float mul) {
+    const __m512 vm = _mm512_set1_ps(mul);
+    for (int64_t rp = 0; rp < npr; rp++) {
+        const float *x0 = 2 * rp < R ? x + 2 * rp * ldx : NULL, *x1 = 2 * rp + 1 < R ? x + (2 * rp + 1) * ldx : NULL;
+        for (int64_t r = 2 * rp + 8; r < 2 * rp + 10 && r < R; r++) att_prefetch(x + r * ldx, n);
+        for (int64_t c = 0; c < nw; c += 16) {
+            __m512i w = x0 ? att_pair_words(x0 + c, x1 ? x1 + c : NULL, n - c, vm) : _mm512_setzero_si512();
+            _mm512_mask_storeu_epi32(dst + rp * ldd + c, att_mask(nw - c), w);
+        }
+    }
+}
+
+// x (R,n) row stride ldx -> dst (ceil(n/2), Rp) words row stride ldd ("cols"; rows past R up to
+// Rp, a multiple of 16, zero): 16 rows at a time are packed as rows, then scattered
+static void att_pack_cols(uint32_t *dst, int64_t ldd, const float *x, int64_t ldx, int64_t R, int64_t Rp, int64_t n) {
+    const int64_t nw = (n + 1) / 2;
+    uint32_t tmp[16 * 64];  // 16 rows x up to 64 words
+    const __m512i rows = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+                                            _mm512_set1_epi32(64));  // word offsets of column 0 in tmp
+    for (int64_t r0 = 0; r0 < Rp; r0 += 16) {
+        for (int64_t r = r0 + 16; r < r0 + 32 && r < R; r++) att_prefetch(x + r * ldx, n);
+        for (int64_t c0 = 0; c0 < nw; c0 += 64) {
+            int64_t cw = nw - c0 < 64 ? nw - c0 : 64;
+            int64_t rr = R - r0 < 16 ? (R - r0 > 0 ? R - r0 : 0) : 16;
+            att_pack_rows(tmp, 64, x + r0 * ldx + 2 * c0, ldx, rr, n - 2 * c0, cw, 1.0f);
+            for (int64_t r = rr; r < 16; r++) memset(tmp + r * 64, 0, (size_t)cw * sizeof(uint32_t));
+            for (int64_t c = 0; c < cw; c++)  // column c of the 16 rows
+                _mm512_storeu_si512(dst + (c0 + c) * ldd + r0, _mm512_i32gather_epi32(rows, tmp + c, 4));
+        }
+    }
+}
+
+// A words (m,kp) at a[m·lda + kp·ska] for m < ATT_MR, B words (kp, 16v..16v+15) at b[kp·ldb + 16v]
+// for v < nv -> c (mr, ncols) row stride ldc: c = alpha · Σ_kp a·b (+ c when add). Rows of A past
+// mr are read and their results dropped.
+static inline __attribute__((always_inline)) void att_kernel(const int nv, const uint32_t *a, int64_t lda,
+                                                             int64_t ska, const uint32_t *b, int64_t ldb,
+                                                             int64_t kpn, float *c, int64_t ldc, int mr, int ncols,
+                                                             float alpha, int add) {
+    __m512 acc[ATT_MR][ATT_NV];
+#pragma GCC unroll 6
+    for (int m = 0; m < ATT_MR; m++)
+#pragma GCC unroll 4
+        for (int v = 0; v < nv; v++) acc[m][v] = _mm512_setzero_ps();
+    for (int64_t kp = 0; kp < kpn; kp++) {
+        __m512bh bv[ATT_NV];
+#pragma GCC unroll 4
+        for (int v = 0; v < nv; v++) bv[v] = (__m512bh)_mm512_loadu_si512(b + kp * ldb + 16 * v);
+        const uint32_t *ak = a + kp * ska;
+#pragma GCC unroll 6
+        for (int m = 0; m < ATT_MR; m++) {
+            __m512bh av = (__m512bh)_mm512_set1_epi32((int)ak[m * lda]);
+#pragma GCC unroll 4
+            for (int v = 0; v < nv; v++) acc[m][v] = _mm512_dpbf16_ps(acc[m][v], av, bv[v]);
+        }
+    }
+    const __m512 va = _mm512_set1_ps(alpha);
+#pragma GCC unroll 6
+    for (int m = 0; m < ATT_MR; m++) {
+        if (m >= mr) break;
+#pragma GCC unroll 4
+        for (int v = 0; v < nv; v++) {
+            __mmask16 k = att_mask(ncols - 16 * v);
+            float *cr = c + m * ldc + 16 * v;
+            __m512 r = _mm512_mul_ps(acc[m][v], va);
+            if (k == 0xFFFF) {  // masked stores are slow on some CPUs (AMD): only at a tail
+                if (add) r = _mm512_add_ps(r, _mm512_loadu_ps(cr));
+                _mm512_storeu_ps(cr, r);
+            } else {
+                if (add) r = _mm512_add_ps(r, _mm512_maskz_loadu_ps(k, cr));
+                _mm512_mask_storeu_ps(cr, k, r);
+            }
+        }
+    }
+}
+
+// Where a product is banded: row m of C needs only the indices x of one dimension (ATT_BAND_N:
+// columns of C; ATT_BAND_K: k, counted in values, not pairs) with m + lo <= x <= m + hi. For K,
+// A or B is zero outside (the masked probabilities), so skipping it changes no sum; for N, C
+// outside is left unwritten (the softmax reads only visible keys). Causal attention skips most
+// of the upper triangle of its diagonal blocks so.
+enum { ATT_BAND_NONE, ATT_BAND_N, ATT_BAND_K };
+typedef struct {
+    int dim;
+    int64_t lo, hi;
+} AttBand;
+#define ATT_FAR ((int64_t)1 << 40)  // an unbounded side of a band
+
+// C (M,N) row stride ldc = alpha · A (M, kpn pairs) · B (kpn pairs, N) (+ C when add), within
+// band. A word (m,kp) at a[m·lda + kp·ska], rows up to round_up(M, ATT_MR) readable; B word
+// (kp,n) at b[kp·ldb + n], columns up to round_up(N, 16) readable.
+static void att_gemm(const uint32_t *a, int64_t lda, int64_t ska, const uint32_t *b, int64_t ldb, int64_t M,
+                     int64_t N, int64_t kpn, float *c, int64_t ldc, float alpha, int add, AttBand band) {
+    for (int64_t n0 = 0; n0 < N; n0 += 16 * ATT_NV) {
+        int64_t n1 = N - n0 < 16 * ATT_NV ? N : n0 + 16 * ATT_NV;
+        for (int64_t m0 = 0; m0 < M; m0 += ATT_MR) {
+            int mr = (int)(M - m0 < ATT_MR ? M - m0 : ATT_MR);
+            int64_t xs = m0 + band.lo, xe = m0 + mr - 1 + band.hi;  // indices needed: [xs, xe]
+            xs = xs < 0 ? 0 : xs;
+            int64_t ns = n0, ne = n1, ks = 0, ke = kpn;
+            if (band.dim == ATT_BAND_N) {
+                ns = (xs & ~(int64_t)15) > n0 ? xs & ~(int64_t)15 : n0;
+                ne = att_round_up(xe + 1, 16) < n1 ? att_round_up(xe + 1, 16) : n1;
+                if (ne <= ns) continue;
+            } else if (band.dim == ATT_BAND_K) {
+                ks = xs / 2 < kpn ? xs / 2 : kpn;
+                ke = (xe + 2) / 2 < kpn ? (xe + 2) / 2 : kpn;
+                ke = ke < ks ? ks : ke;
+            }
+            int nc = (int)(ne - ns), nv = (nc + 15) / 16;
+            const uint32_t *am = a + m0 * lda + ks * ska, *bn = b + ks * ldb + ns;
+            float *cm = c + m0 * ldc + ns;
+            int64_t kn = ke - ks;
+            switch (nv) {
+            case 4: att_kernel(4, am, lda, ska, bn, ldb, kn, cm, ldc, mr, nc, alpha, add); break;
+            case 3: att_kernel(3, am, lda, ska, bn, ldb, kn, cm, ldc, mr, nc, alpha, add); break;
+            case 2: att_kernel(2, am, lda, ska, bn, ldb, kn, cm, ldc, mr, nc, alpha, add); break;
+            default: att_kernel(1, am, lda, ska, bn, ldb, kn, cm, ldc, mr, nc, alpha, add); break;
+            }
+        }
+    }
+}
+
+// The bands of a block of query rows i0.. against keys kb0..: off = position of query i0 - kb0.
+// Rows = queries, columns (N) or k (K) = keys: keys [i + off - window + 1, i + off] of query i.
+static AttBand att_band_q(int dim, int64_t off, int window) {
+    return (AttBand){dim, window > 0 ? off - window + 1 : -ATT_FAR, off};
+}
+// Rows = keys, k = queries: queries [j - off, j - off + window - 1] see key j.
+static AttBand att_band_k(int64_t off, int window) {
+    return (AttBand){ATT_BAND_K, -off, window > 0 ? -off + window - 1 : ATT_FAR};
+}
+
+// Sizes of the bf16 layouts of one head: DW words per row of a "rows" pack of a (·,D) matrix,
+// D16 words per row of a "rowpairs" pack, T16 = keys padded to 16.
+typedef struct {
+    int64_t DW, D16, T16;
+} AttDims;
+
+static AttDims att_dims(int64_t Tk, int D) { return (AttDims){(D + 1) / 2, att_round_up(D, 16), att_round_up(Tk, 16)}; }
+
+// Keys of the bf16 block of query rows [i0, i0+nr): [kb0, kb0+nkb), block_keys widened to
+// multiples of 16 (within the padded T16 keys).
+static void att_block_keys16(int64_t i0, int64_t nr, int64_t Tq, int64_t Tk, int window, int64_t T16, int64_t *kb0,
+                             int64_t *nkb) {
+    int64_t k0, nk;
+    block_keys(i0, nr, Tq, Tk, window, &k0, &nk);
+    *kb0 = k0 & ~(int64_t)15;
+    int64_t kb1 = att_round_up(k0 + nk, 16);
+    *nkb = (kb1 < T16 ? kb1 : T16) - *kb0;
+}
+
+// lanes l < 16 with j0 + l inside [lo, hi]
+static inline __mmask16 att_range_mask(int64_t j0, int64_t lo, int64_t hi) {
+    int64_t a = lo - j0 < 0 ? 0 : lo - j0, b = hi + 1 - j0 > 16 ? 16 : hi + 1 - j0;
+    return b <= a ? 0 : (__mmask16)(((1u << b) - 1) & ~((1u << a) - 1));
+}
+
+// S (nr,nkb) = scale · Q Kᵀ of queries i0.. and keys kb0.. (nkb a multiple of 16; read only at
+// each row's visible keys) -> the probabilities of attention_probs (softmax_row_exp: the same
+// max, exps and 1/sum; stats as there), zero outside each row's visible keys, as: P (nr,nkb)
+// fp32 in place of S (when keep), Pw "rows" (nr, nkb/2) words (NULL: none), Pp "rowpairs"
+// (ceil(nr/2), nkb) words of row stride ldp (NULL: none).
+static void att_softmax_bf16(float *S, int keep, uint32_t *Pw, uint32_t *Pp, int64_t ldp, float *stats, int fresh,
+                             int64_t i0, int64_t nr, int64_t kb0, int64_t nkb, int64_t Tq, int64_t Tk, int window) {
+    for (int64_t i = 0; i < nr; i += 2) {
+        int rows = i + 1 < nr ? 2 : 1;
+        int64_t lo[2] = {0, 0}, hi[2] = {-1, -1};
+        __m512 inv[2] = {_mm512_setzero_ps(), _mm512_setzero_ps()};
+        for (int r = 0; r < rows; r++) {
+            visible_keys(i0 + i + r, Tq, Tk, window, &lo[r], &hi[r]);
+            lo[r] -= kb0;
+            hi[r] -= kb0;
+            inv[r] = _mm512_set1_ps(
+                softmax_row_exp(S + (i + r) * nkb, lo[r], hi[r], stats ? stats + 2 * (i + r) : NULL, fresh));
+        }
+        for (int64_t c = 0; c < nkb; c += 16) {
+            __m512 x[2] = {_mm512_setzero_ps(), _mm512_setzero_ps()};
+            for (int r = 0; r < rows; r++) {
+                float *row = S + (i + r) * nkb + c;
+                x[r] = _mm512_mul_ps(_mm512_maskz_loadu_ps(att_range_mask(c, lo[r], hi[r]), row), inv[r]);
+                if (keep) _mm512_storeu_ps(row, x[r]);
+                if (Pw)
+                    _mm256_storeu_si256((__m256i *)(Pw + (i + r) * (nkb / 2) + c / 2),
+                                        (__m256i)_mm512_cvtneps_pbh(x[r]));
+            }
+            if (Pp) _mm512_storeu_si512(Pp + i / 2 * ldp + c, att_interleave(x[0], x[1]));
+        }
+    }
+}
+
+// P (nr,nkb) fp32 of queries i0.. and keys kb0.. (nkb a multiple of 16, zero outside the visible
+// keys), dP (nr,nkb) fp32 (read only at visible keys) -> scale · dS,
+// dS = P ⊙ (dP - rowsum(P ⊙ dP)), as dSw "rows" (nr, nkb/2) words (NULL: none) and dSp
+// "rowpairs" (ceil(nr/2), nkb) words of row stride ldp (NULL: none)
+static void att_dscores_bf16(uint32_t *dSw, uint32_t *dSp, int64_t ldp, const float *P, const float *dP, int64_t i0,
+                             int64_t nr, int64_t kb0, int64_t nkb, int64_t Tq, int64_t Tk, int window, float scale) {
+    const __m512 vs = _mm512_set1_ps(scale);
+    for (int64_t i = 0; i < nr; i += 2) {
+        int rows = i + 1 < nr ? 2 : 1;
+        int64_t lo[2] = {0, 0}, hi[2] = {-1, -1};
+        __m512 dot[2] = {_mm512_setzero_ps(), _mm512_setzero_ps()};
+        for (int r = 0; r < rows; r++) {
+            const float *pr = P + (i + r) * nkb, *dr = dP + (i + r) * nkb;
+            visible_keys(i0 + i + r, Tq, Tk, window, &lo[r], &hi[r]);
+            lo[r] -= kb0;
+            hi[r] -= kb0;
+            __m512 acc = _mm512_setzero_ps();
+            for (int64_t c = 0; c < nkb; c += 16)
+                acc = _mm512_fmadd_ps(_mm512_loadu_ps(pr + c),
+                                      _mm512_maskz_loadu_ps(att_range_mask(c, lo[r], hi[r]), dr + c), acc);
+            dot[r] = _mm512_set1_ps(_mm512_reduce_add_ps(acc));
+        }
+        for (int64_t c = 0; c < nkb; c += 16) {
+            __m512 x[2] = {_mm512_setzero_ps(), _mm512_setzero_ps()};
+            for (int r = 0; r < rows; r++) {
+                const float *pr = P + (i + r) * nkb + c, *dr = dP + (i + r) * nkb + c;
+                __m512 d = _mm512_maskz_loadu_ps(att_range_mask(c, lo[r], hi[r]), dr);
+                x[r] = _mm512_mul_ps(_mm512_mul_ps(_mm512_loadu_ps(pr), _mm512_sub_ps(d, dot[r])), vs);
+                if (dSw)
+                    _mm256_storeu_si256((__m256i *)(dSw + (i + r) * (nkb / 2) + c / 2),
+                                        (__m256i)_mm512_cvtneps_pbh(x[r]));
+            }
+            if (dSp) _mm512_storeu_si512(dSp + i / 2 * ldp + c, att_interleave(x[0], x[1]));
+        }
+    }
+}
+
+// k or v (B,Tk,KVH*D) -> per (b,kvh): "cols" (DW, T16) words when cols, else "rowpairs"
+// (T16/2, D16) words, at dst + (b·KVH + kvh)·stride
+static void att_pack_kv(uint32_t *dst, int64_t stride, const float *x, int64_t B, int64_t Tk, int KVH, int D,
+                        AttDims dd, int cols) {
+    int64_t KD = (int64_t)KVH * D;
+#pragma omp parallel for collapse(2) schedule(static)
+    for (int64_t b = 0; b < B; b++)
+        for (int64_t kh = 0; kh < KVH; kh++) {
+            const float *X = x + b * Tk * KD + kh * D;
+            uint32_t *o = dst + (b * KVH + kh) * stride;
+            if (cols)
+                att_pack_cols(o, dd.T16, X, KD, Tk, dd.T16, D);
+            else
+                att_pack_rowpairs(o, dd.D16, X, KD, Tk, dd.T16 / 2, D, dd.D16, 1.0f);
+        }
+}
+
+// n floats of scratch starting at *p (64-byte multiples), *p advanced
+static float *att_carve(float **p, int64_t n) {
+    float *r = *p;
+    *p += att_round_up(n, 16);
+    return r;
+}
+
+// attention_forward with bf16 products: q (B,Tq,H*D), k/v (B,Tk,KVH*D) -> out (B,Tq,H*D),
+// stats (B,H,Tq,2) (NULL = not kept). Per (b,kvh): Kt "cols" (DW,T16), Vp "rowpairs" (T16/2,D16);
+// per thread: Qw "rows" (Tq+ATT_MR, DW), S (ATT_BR, T16) fp32, Pw "rows" (ATT_BR+ATT_MR, T16/2).
+static void attention_forward_bf16(Tape *t, float *out, float *stats, const float *q, const float *k,
+                                   const float *v, int64_t B, int64_t Tq, int64_t Tk, int H, int KVH, int D,
+                                   int window) {
+    int64_t HD = (int64_t)H * D, G = H / KVH;
+    float scale = 1.0f / sqrtf((float)D);
+    AttDims dd = att_dims(Tk, D);
+    int nt = omp_get_max_threads();
+    int64_t kts = att_round_up(dd.DW * dd.T16, 16), vps = att_round_up(dd.T16 / 2 * dd.D16, 16);
+    int64_t per = att_round_up((Tq + ATT_MR) * dd.DW, 16) + ATT_BR * dd.T16 +
+                  att_round_up((ATT_BR + ATT_MR) * (dd.T16 / 2), 16);
+    float *shared = tape_scratch(t, SCR_GEMM, (size_t)(B * KVH * (kts + vps)));
+    float *work = tape_scratch(t, SCR_A, (size_t)(nt * per));
+    uint32_t *Kt = (uint32_t *)shared, *Vp = Kt + B * KVH * kts;
+    att_pack_kv(Kt, kts, k, B, Tk, KVH, D, dd, 1);
+    att_pack_kv(Vp, vps, v, B, Tk, KVH, D, dd, 0);
+#pragma omp parallel for collapse(2) schedule(static) num_threads(nt)
+    for (int64_t b = 0; b < B; b++)
+        for (int64_t h = 0; h < H; h++) {
+            float *p = work + (int64_t)omp_get_thread_num() * per;
+            uint32_t *Qw = (uint32_t *)att_carve(&p, (Tq + ATT_MR) * dd.DW);
+            float *S = att_carve(&p, ATT_BR * dd.T16);
+            uint32_t *Pw = (uint32_t *)att_carve(&p, (ATT_BR + ATT_MR) * (dd.T16 / 2));
+            const uint32_t *Ktb = Kt + (b * KVH + h / G) * kts, *Vpb = Vp + (b * KVH + h / G) * vps;
+            att_pack_rows(Qw, dd.DW, q + b * Tq * HD + h * D, HD, Tq, D, dd.DW, 1.0f);
+            memset(Qw + Tq * dd.DW, 0, (size_t)(ATT_MR * dd.DW) * sizeof(uint32_t));
+            for (int64_t i0 = 0; i0 < Tq; i0 += ATT_BR) {
+                int64_t nr = Tq - i0 < ATT_BR ? Tq - i0 : ATT_BR, kb0, nkb;
+                att_block_keys16(i0, nr, Tq, Tk, window, dd.T16, &kb0, &nkb);
+                // S (nr,nkb) = scale Q Kᵀ, then P (bf16) = softmax(mask(S))
+                int64_t off = Tk - Tq + i0 - kb0;  // position of query i0 - kb0
+                att_gemm(Qw + i0 * dd.DW, dd.DW, 1, Ktb + kb0, dd.T16, nr, nkb, dd.DW, S, nkb, scale, 0,
+                         att_band_q(ATT_BAND_N, off, window));
+                att_softmax_bf16(S, 0, Pw, NULL, 0, stats ? stats + ((b * H + h) * Tq + i0) * 2 : NULL, 1, i0, nr,
+                                 kb0, nkb, Tq, Tk, window);
+                memset(Pw + nr * (nkb / 2), 0, (size_t)(ATT_MR * (nkb / 2)) * sizeof(uint32_t));
+                // O (nr,D) = P (nr,nkb) · V[kb0:kb0+nkb] (nkb,D)
+                att_gemm(Pw, nkb / 2, 1, Vpb + kb0 / 2 * dd.D16, dd.D16, nr, D, nkb / 2,
+                         out + (b * Tq + i0) * HD + h * D, HD, 1.0f, 0, att_band_q(ATT_BAND_K, off, window));
+            }
+        }
+}
+
+// attention_backward with bf16 products (dK, dV per head of a group in (B,H,Tk,D) buffers as
+// there). Per (b,kvh): Kt, Vt "cols" (DW,T16), Kp "rowpairs" (T16/2,D16); per thread: Qw, dOw
+// "rows" (Tq+ATT_MR, DW), Qp, dOp "rowpairs" (ceil(Tq/2), D16), P, dP (ATT_BR, T16) fp32, dSw
+// "rows" (ATT_BR+ATT_MR, T16/2), Pp, dSp "rowpairs" (ATT_BR/2, T16+16) (read transposed: the
+// row stride is the block's nkb + 16, room for the micro-kernel's extra rows). Blocks of query
+// rows go last to first: the last one sees the last key (and every key without a window), so
+// it can write a per-head dK, dV instead of adding to a zeroed one.
+static void attention_backward_bf16(Tape *t, float *dq, float *dk, float *dv, const float *dout,
+                                    const float *stats, const float *q, const float *k, const float *v, int64_t B,
+                                    int64_t Tq, int64_t Tk, int H, int KVH, int D, int window) {
+    int64_t HD = (int64_t)H * D, KD = (int64_t)KVH * D, G = H / KVH;
+    float scale = 1.0f / sqrtf((float)D);
+    AttDims dd = att_dims(Tk, D);
+    int nt = omp_get_max_threads();
+    int need_ds = dq || dk;
+    int64_t kts = att_round_up(dd.DW * dd.T16, 16), kps = att_round_up(dd.T16 / 2 * dd.D16, 16);
+    int64_t qw = att_round_up((Tq + ATT_MR) * dd.DW, 16), qp = att_round_up((Tq + 1) / 2 * dd.D16, 16);
+    int64_t bw = att_round_up((ATT_BR + ATT_MR) * (dd.T16 / 2), 16), bp = ATT_BR / 2 * (dd.T16 + 16);
+    int64_t per = 2 * qw + 2 * qp + 2 * ATT_BR * dd.T16 + bw + 2 * bp;
+    float *shared = tape_scratch(t, SCR_GEMM, (size_t)(B * KVH * (2 * kts + kps)));
+    float *work = tape_scratch(t, SCR_A, (size_t)(nt * per));
+    float *dkh = dk && G > 1 ? tape_scratch(t, SCR_B, (size_t)(B * H * Tk * D)) : NULL;
+    float *dvh = dv && G > 1 ? tape_scratch(t, SCR_C, (size_t)(B * H * Tk * D)) : NULL;
+    uint32_t *Kt = (uint32_t *)shared, *Vt = Kt + B * KVH * kts, *Kp = Vt + B * KVH * kts;
+    att_pack_kv(Kt, kts, k, B, Tk, KVH, D, dd, 1);
+    if (need_ds) att_pack_kv(Vt, kts, v, B, Tk, KVH, D, dd, 1);
+    if (dq) att_pack_kv(Kp, kps, k, B, Tk, KVH, D, dd, 0);
+#pragma omp parallel for collapse(2) schedule(static) num_threads(nt)
+    for (int64_t b = 0; b < B; b++)
+        for (int64_t h = 0; h < H; h++) {
+            float *p = work + (int64_t)omp_get_thread_num() * per;
+            uint32_t *Qw = (uint32_t *)att_carve(&p, qw), *dOw = (uint32_t *)att_carve(&p, qw);
+            uint32_t *Qp = (uint32_t *)att_carve(&p, qp), *dOp = (uint32_t *)att_carve(&p, qp);
+            float *P = att_carve(&p, ATT_BR * dd.T16), *dP = att_carve(&p, ATT_BR * dd.T16);
+            uint32_t *dSw = (uint32_t *)att_carve(&p, bw);
+            uint32_t *Pp = (uint32_t *)att_carve(&p, bp), *dSp = (uint32_t *)att_carve(&p, bp);
+            const float *Q = q + b * Tq * HD + h * D, *dO = dout + b * Tq * HD + h * D;
+            int64_t kvo = b * KVH + h / G;
+            const uint32_t *Ktb = Kt + kvo * kts, *Vtb = Vt + kvo * kts, *Kpb = Kp + kvo * kps;
+            // where this head's dK, dV go: added into dk/dv, or written into its own buffer
+            float *dK = dk ? (G > 1 ? dkh + (b * H + h) * Tk * D : dk + b * Tk * KD + h * D) : NULL;
+            float *dV = dv ? (G > 1 ? dvh + (b * H + h) * Tk * D : dv + b * Tk * KD + h * D) : NULL;
+            int64_t ldk = G > 1 ? D : KD;
+            att_pack_rows(Qw, dd.DW, Q, HD, Tq, D, dd.DW, 1.0f);
+            memset(Qw + Tq * dd.DW, 0, (size_t)(ATT_MR * dd.DW) * sizeof(uint32_t));
+            if (need_ds) {
+                att_pack_rows(dOw, dd.DW, dO, HD, Tq, D, dd.DW, 1.0f);
+                memset(dOw + Tq * dd.DW, 0, (size_t)(ATT_MR * dd.DW) * sizeof(uint32_t));
+            }
+            if (dK) att_pack_rowpairs(Qp, dd.D16, Q, HD, Tq, (Tq + 1) / 2, D, dd.D16, 1.0f);
+            if (dV) att_pack_rowpairs(dOp, dd.D16, dO, HD, Tq, (Tq + 1) / 2, D, dd.D16, 1.0f);
+            for (int64_t i0 = (Tq - 1) / ATT_BR * ATT_BR; i0 >= 0; i0 -= ATT_BR) {
+                int64_t nr = Tq - i0 < ATT_BR ? Tq - i0 : ATT_BR, npr = (nr + 1) / 2, kb0, nkb;
+                att_block_keys16(i0, nr, Tq, Tk, window, dd.T16, &kb0, &nkb);
+                int64_t mk = (kb0 + nkb < Tk ? kb0 + nkb : Tk) - kb0, ldp = nkb + 16;  // key rows of dK, dV
+                int add = G == 1 || i0 + nr < Tq;  // the first (last) block writes the per-head buffers
+                if (!add) {
+                    if (dK) memset(dK, 0, (size_t)(kb0 * D) * sizeof(float));
+                    if (dV) memset(dV, 0, (size_t)(kb0 * D) * sizeof(float));
+                }
+                // S (nr,nkb) = scale Q Kᵀ, then P = softmax(mask(S)) (fp32, and bf16 pairs of rows)
+                int64_t off = Tk - Tq + i0 - kb0;  // position of query i0 - kb0
+                att_gemm(Qw + i0 * dd.DW, dd.DW, 1, Ktb + kb0, dd.T16, nr, nkb, dd.DW, P, nkb, scale, 0,
+                         att_band_q(ATT_BAND_N, off, window));
+                att_softmax_bf16(P, 1, NULL, dV ? Pp : NULL, ldp, (float *)stats + ((b * H + h) * Tq + i0) * 2, 0,
+                                 i0, nr, kb0, nkb, Tq, Tk, window);
+                // dV[kb0:] (mk,D) += Pᵀ (mk,nr) · dO (nr,D)
+                if (dV)
+                    att_gemm(Pp, 1, ldp, dOp + i0 / 2 * dd.D16, dd.D16, mk, D, npr, dV + kb0 * ldk, ldk, 1.0f, add,
+                             att_band_k(off, window));
+                if (!need_ds) continue;
+                // dP (nr,nkb) = dO (nr,D) · V[kb0:]ᵀ; scale dS = scale P ⊙ (dP - rowsum(P ⊙ dP)) in bf16
+                att_gemm(dOw + i0 * dd.DW, dd.DW, 1, Vtb + kb0, dd.T16, nr, nkb, dd.DW, dP, nkb, 1.0f, 0,
+                         att_band_q(ATT_BAND_N, off, window));
+                att_dscores_bf16(dq ? dSw : NULL, dK ? dSp : NULL, ldp, P, dP, i0, nr, kb0, nkb, Tq, Tk, window,
+                                 scale);
+                // dQ (nr,D) += scale dS (nr,nkb) · K[kb0:] (nkb,D)
+                if (dq) {
+                    memset(dSw + nr * (nkb / 2), 0, (size_t)(ATT_MR * (nkb / 2)) * sizeof(uint32_t));
+                    att_gemm(dSw, nkb / 2, 1, Kpb + kb0 / 2 * dd.D16, dd.D16, nr, D, nkb / 2,
+                             dq + (b * Tq + i0) * HD + h * D, HD, 1.0f, 1, att_band_q(ATT_BAND_K, off, window));
+                }
+                // dK[kb0:] (mk,D) += scale dSᵀ (mk,nr) · Q (nr,D)
+                if (dK)
+                    att_gemm(dSp, 1, ldp, Qp + i0 / 2 * dd.D16, dd.D16, mk, D, npr, dK + kb0 * ldk, ldk, 1.0f, add,
+                             att_band_k(off, window));
+            }
+        }
+    if (G > 1) attention_sum_groups(dk, dv, dkh, dvh, B, Tk, KVH, G, D);
+}
+#endif
+
+// d: B, Tq, Tk, H, KVH, D, window, bf16 (the forward's products: the backward uses the same)
 static void attention_node_backward(Tape *t, const Node *n) {
     Tensor *q = n->in[0], *k = n->in[1], *v = n->in[2];
+#ifdef ATT_BF16
+    if (n->d[7]) {
+        attention_backward_bf16(t, tape_grad(t, q), tape_grad(t, k), tape_grad(t, v), n->out->grad, n->saved[0],
+                                q->data, k->data, v->data, n->d[0], n->d[1], n->d[2], (int)n->d[3], (int)n->d[4],
+                                (int)n->d[5], (int)n->d[6]);
+        return;
+    }
+#endif
     attention_backward(t, tape_grad(t, q), tape_grad(t, k), tape_grad(t, v), n->out->grad, n->saved[0], q->data,
                        k->data, v->data, n->d[0], n->d[1], n->d[2], (int)n->d[3], (int)n->d[4], (int)n->d[5],
                        (int)n->d[6]);
@@ -868,14 +1361,22 @@ static Tensor *op_attention_run(Tape *t, Tensor *q, Tensor *k, Tensor *v, int64_
     Tensor *out = tape_result(t, q->ndim, q->shape, any_rg(q, k, v));
     Node *n = tape_record(t, attention_node_backward, out);
     float *stats = n ? tape_alloc(t, (size_t)(B * H * Tq * 2) * sizeof(float)) : NULL;
-    float *work = tape_scratch(t, SCR_A, (size_t)omp_get_max_threads() * ATT_BR * Tk);
-    attention_forward(out->data, stats, work, q->data, k->data, v->data, B, Tq, Tk, H, KVH, D, window);
+    int bf16 = 0;
+#ifdef ATT_BF16
+    bf16 = tape_compute_bf16(t);
+    if (bf16)
+        attention_forward_bf16(t, out->data, stats, q->data, k->data, v->data, B, Tq, Tk, H, KVH, D, window);
+#endif
+    if (!bf16) {
+        float *work = tape_scratch(t, SCR_A, (size_t)omp_get_max_threads() * ATT_BR * Tk);
+        attention_forward(out->data, stats, work, q->data, k->data, v->data, B, Tq, Tk, H, KVH, D, window);
+    }
     if (n) {
         n->in[0] = q;
         n->in[1] = k;
         n->in[2] = v;
         n->saved[0] = stats;
-        int64_t d[7] = {B, Tq, Tk, H, KVH, D, window};
+        int64_t d[8] = {B, Tq, Tk, H, KVH, D, window, bf16};
         memcpy(n->d, d, sizeof d);
     }
     return out;
