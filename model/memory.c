@@ -70,6 +70,9 @@ void model_memory_plan(const Model *m, const LoraAdapter *lora, int optimizer_mo
         int64_t kmax = C > c->hidden_dim ? C : c->hidden_dim;
         kmax = kmax > H * D ? kmax : H * D;
         size_t a = bf16_gemm_scratch_bytes(N, kmax + 257), b = bf16_gemm_scratch_bytes(Kc, V + 1);
+        // bf16 attention: bf16 copies of k and v, per-thread Q/dO packs and block buffers
+        size_t att = (size_t)(2 * N * c->n_kv_heads * D) * 2 + (size_t)nt * (2 * T * D + 3 * 64 * T) * F4;
+        a = a > att ? a : att;
         scratch += (a > b ? a : b) / F4;
     }
     // outside the blocks: embeddings out, final norm out and their gradients, the fused
