@@ -5,7 +5,7 @@
 #
 #   BUILD=build bash bench/bench.sh
 # Environment: BENCH_QUICK=1 (SmolLM2 shape only), BENCH_STEPS_SMALL (default 4),
-# BENCH_STEPS_BIG (default 2), BENCH_TIMEOUT per run in seconds (default 900),
+# BENCH_STEPS_BIG (default 3), BENCH_TIMEOUT per run in seconds (default 900),
 # BENCH_MODELS (default build/bench: the random models are written there once and reused;
 # the TinyLlama-shape one is 4.4 GB of fp32 safetensors), BENCH_MEM_GBS (memory bandwidth
 # peak used for the decode fraction, default 49).
@@ -26,7 +26,7 @@ BIN=$BUILD/bench/bench_step
 PY=/usr/bin/python3
 MD=${BENCH_MODELS:-build/bench}
 SS=${BENCH_STEPS_SMALL:-4}
-SB=${BENCH_STEPS_BIG:-2}
+SB=${BENCH_STEPS_BIG:-3}
 TO=${BENCH_TIMEOUT:-900}
 GBS=${BENCH_MEM_GBS:-49}
 LOG=$BUILD/bench/bench.log
