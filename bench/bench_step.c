@@ -99,6 +99,7 @@ static int bench_train(const char *dir, const char *quant, int B, int T, int ste
     model_recompute_cache_plan(m, lora, B, T, budget, &kept_blocks);
     tape_set_recompute_cache(t, budget);
     int prof = getenv("BENCH_PROFILE") != NULL;  // per-op table on stderr (as lora train --profile)
+    if (prof) model_print_memory_plan(stderr, m, &plan, B, T, ckpt);
     tape_set_profile(t, prof);
     int n = B * T, V = m->cfg.vocab_size;
     int *ids = malloc(sizeof(int) * (n + 1));
