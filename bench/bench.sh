@@ -73,8 +73,9 @@ run() {
     echo "$out" >> "$LOG"
     out=$(grep '^mode=' <<< "$out" | tail -1)
     if [ $rc -ne 0 ] || [ -z "$out" ]; then R[$name]="failed rc=$rc"; else R[$name]=$out; fi
-    local st=$(kv "${R[$name]}" step_s)
-    printf '   %-28s %s\n' "$name" "${st:+${st}s/step }${st:-$(kv "${R[$name]}" tok_s) tok/s }(load after: $(cut -d' ' -f1 /proc/loadavg))" >&2
+    local st=$(kv "${R[$name]}" step_s) what
+    if [ -n "$st" ]; then what="${st}s/step"; else what="$(kv "${R[$name]}" tok_s) tok/s"; fi
+    printf '   %-28s %s\n' "$name" "$what (load after: $(cut -d' ' -f1 /proc/loadavg))" >&2
 }
 
 fmt() { awk -v x="$1" -v f="$2" 'BEGIN{ if (x == "") print "-"; else printf f, x }'; }
