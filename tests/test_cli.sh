@@ -18,6 +18,8 @@ expect_error missing_model "$T/nope" ./lora train --model "$T/nope" --data x.jso
 expect_error generate_missing_model "$T/nope" ./lora generate --model "$T/nope" --prompt hi
 expect_error unknown_command "unknown command" ./lora frobnicate
 expect_error bad_target 'unknown LoRA target "qq"' ./lora train --targets qq
+expect_error bad_compute_dtype 'expected auto, fp32 or bf16, got "fp8"' ./lora train --compute-dtype fp8
+expect_error bad_memory_limit 'memory_limit: expected a whole number' ./lora train --memory-limit -5
 ./lora init-model --out "$T/m" --dim 32 --layers 1 --heads 2 --kv-heads 1 --ffn 64 --vocab 300 > /dev/null
 printf 'hello world\n' > "$T/c.txt"
 spm_train --input="$T/c.txt" --model_prefix="$T/tok" --vocab_size=270 --model_type=bpe --byte_fallback=true \
@@ -28,6 +30,16 @@ expect_error jsonl_bad_line "bad.jsonl:2" ./lora train --model "$T/m" --tokenize
 printf '{"instruction":"a"}\n' > "$T/missing.jsonl"
 expect_error jsonl_missing_field "missing.jsonl:1" ./lora train --model "$T/m" --tokenizer "$T/tok.model" \
   --data "$T/missing.jsonl" --out "$T/o3" --steps 1
+# the compute dtype and the memory limit are reported at start-up and recorded in the config
+printf '{"instruction":"a","output":"b"}\n{"instruction":"c","output":"d"}\n' > "$T/ok.jsonl"
+if ./lora train --model "$T/m" --tokenizer "$T/tok.model" --data "$T/ok.jsonl" --val-data "$T/ok.jsonl" \
+    --out "$T/o4" --steps 1 --compute-dtype fp32 --memory-limit 0 > "$T/o4.log" 2>&1 &&
+    grep -q "^compute: fp32" "$T/o4.log" && grep -q '"compute_dtype": *"fp32"' "$T/o4/train_config.json" &&
+    grep -q '"memory_limit": *0' "$T/o4/train_config.json" && grep -q "0 of 1 blocks keep" "$T/o4.log"; then
+  pass compute_dtype_and_memory_limit_flags
+else
+  fail compute_dtype_and_memory_limit_flags "$(grep -i "compute\|keep\|error" "$T/o4.log" | head -5)"
+fi
 head -c 100 "$T/m/model.safetensors" > "$T/trunc.safetensors"; mkdir -p "$T/trunc"
 cp "$T/m/config.json" "$T/trunc/"; mv "$T/trunc.safetensors" "$T/trunc/model.safetensors"
 expect_error truncated_model "model.safetensors" ./lora generate --model "$T/trunc" --tokenizer "$T/tok.model" --prompt hi
