@@ -179,8 +179,8 @@ Tensor *op_linear(Tape *t, Tensor *x, const Weight *w);
 // training mode and p > 0 (inverted dropout: kept values scaled by 1/(1-p)).
 Tensor *op_lora_linear(Tape *t, Tensor *x, const Weight *w, Tensor *A, Tensor *B,
                        float scale, float dropout_p);
-// op_lora_linear whose forward skips the frozen x wᵀ: out holds only the LoRA term (zeros
-// without A/B), the backward is op_lora_linear's (which never reads out). For an output whose
+// op_lora_linear whose forward skips the matmuls into out (out is zeros; h = drop(x) Aᵀ is
+// still computed and saved), the backward is op_lora_linear's (which never reads out). For an output whose
 // values nothing will read: the last projection of a block re-run by a checkpoint's backward
 // (tape_recomputing), where only the gradient flows back through it.
 Tensor *op_lora_linear_nobase(Tape *t, Tensor *x, const Weight *w, Tensor *A, Tensor *B,

@@ -476,7 +476,7 @@ static Tensor *op_lora_linear_run(Tape *t, Tensor *x, const Weight *w, Tensor *A
         for (int64_t i = 0; i < N * r; i++) sh[i] = scale * h[i];
         TiledWeight tw = weight_tiled(w), tb = tiled_f32(B->data, OC, r);
         bf16_matmul_xwt2(x->data, N, C, &tw, sh, r, &tb, out->data, OC, 0, bf16_scratch(t, N, C + r + 1));
-    } else {
+    } else if (mode != LIN_NOBASE) {  // nobase: out is never read, only h is needed
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)N, (int)OC, (int)r, scale, h, (int)r, B->data,
                     (int)r, 1.0f, out->data, (int)OC);
     }

@@ -93,8 +93,7 @@ static int bench_train(const char *dir, const char *quant, int B, int T, int ste
     const char *ml = getenv("BENCH_MEMORY_LIMIT");
     MemoryPlan plan;
     model_memory_plan(m, lora, 2, B, T, &plan);
-    size_t total = model_memory_total(&plan, ckpt), limit = (size_t)(ml ? atol(ml) : 1536) << 20;
-    size_t budget = ckpt && limit > total ? limit - total : 0;
+    size_t budget = model_recompute_budget(&plan, ckpt, (size_t)(ml ? atol(ml) : 1536) << 20);
     int kept_blocks = 0;
     model_recompute_cache_plan(m, lora, B, T, budget, &kept_blocks);
     tape_set_recompute_cache(t, budget);
@@ -134,7 +133,7 @@ static int bench_train(const char *dir, const char *quant, int B, int T, int ste
     printf("mode=train quant=%s compute=%s B=%d T=%d ckpt=%d step_s=%.4f med_s=%.4f first_s=%.4f tok_s=%.2f gflops=%.2f "
            "peak_rss_mb=%.1f load_s=%.2f loss=%.4f arena_mb=%.1f step_gflop=%.1f kept_blocks=%d plan_mb=%.0f\n",
            quant, tape_compute_bf16(t) ? "bf16" : "fp32", B, T, ckpt, best, med, dt[0], n / best, fl / best / 1e9, peak_rss_mb(), t_load, loss_v,
-           tape_arena_bytes(t) / 1048576.0, fl / 1e9, kept_blocks, total / 1048576.0);
+           tape_arena_bytes(t) / 1048576.0, fl / 1e9, kept_blocks, model_memory_total(&plan, ckpt) / 1048576.0);
     free(dt);
     free(ids);
     tape_free(t);

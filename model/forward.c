@@ -30,10 +30,14 @@ void kv_free(KVCache *kv) {
 
 void kv_reset(KVCache *kv) { kv->len = 0; }
 
+// How proj_ex runs the linear: op_lora_linear, op_lora_linear_nobase (an output nobody reads:
+// the frozen x wᵀ is skipped), or op_lora_linear_cache through a checkpointed block's slot.
+typedef enum { PROJ_FULL, PROJ_NOBASE, PROJ_CACHE } ProjMode;
+
 // x (N,in) -> (N,out) through base weight w[target] of layer l, plus its LoRA when present.
-// base 0: the frozen x wᵀ is skipped (op_lora_linear_nobase: an output nobody reads).
+// PROJ_CACHE: slot holds out (N,out) then h (N,r); kept in the forward, reused in the re-run.
 static Tensor *proj_ex(Tape *t, const Model *m, const LoraAdapter *lora, int l, LoraTarget target, Tensor *x,
-                       int base) {
+                       ProjMode mode, float *slot) {
     const Weight *w = &m->layers[l].w[target];
     Tensor *bias = m->layers[l].bias[target], *A = NULL, *B = NULL;
     if (lora) {
@@ -41,12 +45,15 @@ static Tensor *proj_ex(Tape *t, const Model *m, const LoraAdapter *lora, int l, 
         B = lora->B[l * LT_COUNT + target];
     }
     float scale = A ? lora->scale : 0.0f, p = A ? lora->dropout : 0.0f;
-    Tensor *y = base ? op_lora_linear(t, x, w, A, B, scale, p) : op_lora_linear_nobase(t, x, w, A, B, scale, p);
+    Tensor *y;
+    if (mode == PROJ_CACHE)
+        y = op_lora_linear_cache(t, x, w, A, B, scale, p, slot, slot + (x->n / w->cols) * w->rows,
+                                 tape_recomputing(t));
+    else if (mode == PROJ_NOBASE)
+        y = op_lora_linear_nobase(t, x, w, A, B, scale, p);
+    else
+        y = op_lora_linear(t, x, w, A, B, scale, p);
     return bias ? op_add_bias(t, y, bias) : y;
-}
-
-static Tensor *proj(Tape *t, const Model *m, const LoraAdapter *lora, int l, LoraTarget target, Tensor *x) {
-    return proj_ex(t, m, lora, l, target, x, 1);
 }
 
 // k or v (T, kv_dim) of layer l appended to the cache at positions kv->len..; returns a
@@ -90,17 +97,11 @@ static int64_t block_cache_floats(const Model *m, const LoraAdapter *lora, int l
 // proj for block b: through its cache when it has one (kept in the forward, reused by the
 // backward re-run), else computed.
 static Tensor *proj_block(Tape *t, const Block *b, LoraTarget target, Tensor *x) {
-    if (!b->cache) return proj(t, b->m, b->lora, b->l, target, x);
+    if (!b->cache) return proj_ex(t, b->m, b->lora, b->l, target, x, PROJ_FULL, NULL);
     const int64_t N = (int64_t)b->B * b->T;
     float *slot = b->cache;
-    int i = 0;
-    while (CACHED[i] != target) slot += cache_slot_floats(b->m, b->lora, b->l, i++, N);
-    const Weight *w = &b->m->layers[b->l].w[target];
-    Tensor *bias = b->m->layers[b->l].bias[target];
-    Tensor *A = b->lora->A[b->l * LT_COUNT + target], *B = b->lora->B[b->l * LT_COUNT + target];
-    float scale = A ? b->lora->scale : 0.0f, p = A ? b->lora->dropout : 0.0f;
-    Tensor *y = op_lora_linear_cache(t, x, w, A, B, scale, p, slot, slot + N * w->rows, tape_recomputing(t));
-    return bias ? op_add_bias(t, y, bias) : y;
+    for (int i = 0; CACHED[i] != target; i++) slot += cache_slot_floats(b->m, b->lora, b->l, i, N);
+    return proj_ex(t, b->m, b->lora, b->l, target, x, PROJ_CACHE, slot);
 }
 
 static Tensor *block_forward(Tape *t, Tensor *x, void *ctx) {
@@ -135,7 +136,7 @@ static Tensor *block_forward(Tape *t, Tensor *x, void *ctx) {
     // A checkpoint's backward re-run reads none of the block's output values, only the
     // gradient flowing back: the down projection's frozen matmul (a quarter of the block's
     // matmul work) is skipped there.
-    return op_add(t, x, proj_ex(t, m, lora, l, LT_DOWN, act, !tape_recomputing(t)));
+    return op_add(t, x, proj_ex(t, m, lora, l, LT_DOWN, act, tape_recomputing(t) ? PROJ_NOBASE : PROJ_FULL, NULL));
 }
 
 // Whether layer l has LoRA matrices that need gradients.
@@ -153,15 +154,21 @@ static size_t cache_need(const Model *m, const LoraAdapter *lora, int l, int64_t
     return lora && layer_trains(lora, l) ? (size_t)block_cache_floats(m, lora, l, N) * sizeof(float) : 0;
 }
 
+// Whether a block needing `need` bytes keeps its outputs under *budget (taken from it if so).
+static int cache_take(size_t need, size_t *budget) {
+    if (!need || need > *budget) return 0;
+    *budget -= need;
+    return 1;
+}
+
 size_t model_recompute_cache_plan(const Model *m, const LoraAdapter *lora, int batch, int seq, size_t budget,
                                   int *blocks) {
     size_t used = 0;
     int n = 0;
     for (int l = 0; l < m->cfg.n_layers; l++) {
         size_t need = cache_need(m, lora, l, (int64_t)batch * seq);
-        if (need && need <= budget) {
+        if (cache_take(need, &budget)) {
             used += need;
-            budget -= need;
             n++;
         }
     }
@@ -192,10 +199,7 @@ static Tensor *model_trunk(Tape *t, const Model *m, const LoraAdapter *lora, con
         Block *b = tape_alloc(t, sizeof *b);
         *b = (Block){m, lora, kv, l, B, T, NULL};
         size_t need = cache_need(m, lora, l, N);
-        if (need && need <= budget) {
-            b->cache = tape_alloc(t, need);
-            budget -= need;
-        }
+        if (cache_take(need, &budget)) b->cache = tape_alloc(t, need);
         x = sub ? op_checkpoint(t, x, block_forward, b, layer_trains(lora, l)) : block_forward(t, x, b);
     }
     if (kv) kv->len += T;

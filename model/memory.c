@@ -97,6 +97,11 @@ size_t model_memory_total(const MemoryPlan *p, int checkpointing) {
            (checkpointing ? p->act_checkpointed : p->act_full);
 }
 
+size_t model_recompute_budget(const MemoryPlan *p, int checkpointing, size_t limit) {
+    size_t total = model_memory_total(p, checkpointing);
+    return checkpointing && limit > total ? limit - total : 0;
+}
+
 static void line(FILE *f, const char *what, size_t bytes, const char *note) {
     fprintf(f, "  %-22s %9.1f MiB  %s\n", what, bytes / MIB, note);
 }

@@ -201,6 +201,8 @@ size_t model_memory_total(const MemoryPlan *p, int checkpointing);
 // h's) so that their backward re-run skips those matmuls (tape_set_recompute_cache): the
 // bytes that a budget of `budget` bytes lets whole blocks keep in a batch x seq step, and in
 // *blocks how many blocks that is (the first ones that train).
+// What a memory limit (bytes) leaves over the plan for kept outputs: 0 without checkpointing.
+size_t model_recompute_budget(const MemoryPlan *p, int checkpointing, size_t limit);
 size_t model_recompute_cache_plan(const Model *m, const LoraAdapter *lora, int batch, int seq, size_t budget,
                                   int *blocks);
 // Prints the plan (weights by kind and storage type, adapter, optimizer state, activations

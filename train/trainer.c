@@ -248,8 +248,7 @@ static int run_setup(Run *r, const TrainConfig *c, Err *e) {
     model_memory_plan(r->model, r->lora, 2, c->batch_size, dopt.seq_len, &plan);
     model_print_memory_plan(stdout, r->model, &plan, c->batch_size, dopt.seq_len, c->grad_checkpointing);
     // what the memory limit leaves over the plan: checkpointed blocks keep their matmul outputs
-    size_t total = model_memory_total(&plan, c->grad_checkpointing), limit = (size_t)c->memory_limit_mb << 20;
-    size_t budget = c->grad_checkpointing && limit > total ? limit - total : 0;
+    size_t budget = model_recompute_budget(&plan, c->grad_checkpointing, (size_t)c->memory_limit_mb << 20);
     int kept_blocks = 0;
     size_t kept = model_recompute_cache_plan(r->model, r->lora, c->batch_size, dopt.seq_len, budget, &kept_blocks);
     tape_set_recompute_cache(r->tape, budget);
