@@ -29,7 +29,7 @@ struct Tape {
     Node *last;               // most recent node
     int recording, training, checkpointing;
     int recomputing;          // a checkpoint's backward re-run (sub-tapes only)
-    int compute_bf16;         // read on the root tape only
+    const GemmKernel *gemm;   // read on the root tape only (NULL: OpenBLAS)
     size_t recompute_cache;   // read on the root tape only
     Rng rng;
     float *scratch[SCR_COUNT];  // used on the root tape only
@@ -237,8 +237,9 @@ int tape_checkpointing(const Tape *t) { return t->checkpointing; }
 int tape_recomputing(const Tape *t) { return t->recomputing; }
 void tape_set_recompute_cache(Tape *t, size_t bytes) { t->root->recompute_cache = bytes; }
 size_t tape_recompute_cache(const Tape *t) { return t->root->recompute_cache; }
-void tape_set_compute_bf16(Tape *t, int on) { t->root->compute_bf16 = on && bf16_gemm_supported(); }
-int tape_compute_bf16(const Tape *t) { return t->root->compute_bf16; }
+void tape_set_gemm(Tape *t, const GemmKernel *g) { t->root->gemm = gemm_kernel_usable(g) ? g : NULL; }
+const GemmKernel *tape_gemm(const Tape *t) { return t->root->gemm; }
+int tape_compute_bf16(const Tape *t) { return gemm_kernel_bf16(t->root->gemm); }
 
 static void add_block(Tape *t, size_t min_bytes) {
     size_t total = 0;

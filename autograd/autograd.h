@@ -130,14 +130,18 @@ int tape_recomputing(const Tape *t);
 void tape_set_recompute_cache(Tape *t, size_t bytes);
 size_t tape_recompute_cache(const Tape *t);
 
-// Compute dtype of the big frozen-weight matmuls (op_lora_linear's W in forward and input
-// gradient, op_linear_cross_entropy's lm_head): off = fp32 (default); on = bf16 operands with
-// fp32 accumulation (quant.h's AVX-512 BF16 GEMMs; `--compute-dtype bf16`), for x with at
-// least 16 rows (decoding keeps its fp32 GEMVs). Setting it on a CPU without AVX-512 BF16
-// leaves fp32 (tape_compute_bf16 then reads 0). op_attention then runs its products (Q Kᵀ, P V
-// and those of its backward) in bf16 with fp32 accumulation and an fp32 softmax, at any Tq.
+// The GEMM of the big frozen-weight matmuls (op_lora_linear's W in forward and input
+// gradient, op_linear_cross_entropy's lm_head), for x with at least 16 rows (decoding keeps
+// its fp32 GEMVs): NULL (default) = OpenBLAS sgemm over dequantized tiles; else one of
+// quant.h's tiled GEMM variants (kernel_choice() picks the fastest for a precision), which
+// also fuses the LoRA term into the frozen matmul's pass. A variant this CPU cannot run
+// leaves NULL. With a bf16 variant (tape_compute_bf16: bf16 operands, fp32 accumulation)
+// op_attention also runs its products (Q Kᵀ, P V and those of its backward) in bf16 with
+// fp32 accumulation and an fp32 softmax, at any Tq, where the build has those kernels.
 // LoRA A/B and norms stay fp32.
-void tape_set_compute_bf16(Tape *t, int on);
+typedef struct GemmKernel GemmKernel;
+void tape_set_gemm(Tape *t, const GemmKernel *g);
+const GemmKernel *tape_gemm(const Tape *t);
 int tape_compute_bf16(const Tape *t);
 
 // Arena allocation, valid until tape_reset. Aborts via die_internal only if the machine is
@@ -213,6 +217,9 @@ Tensor *op_rope(Tape *t, Tensor *x, int64_t B, int64_t T, int H, int D, int pos0
 // h / (H / KVH).
 Tensor *op_attention(Tape *t, Tensor *q, Tensor *k, Tensor *v, int64_t B, int64_t Tq,
                      int64_t Tk, int H, int KVH, int D, int window);
+// 1 when op_attention has its bf16 kernels (built with AVX-512 BF16): with a bf16 tape_gemm
+// it then runs them; else it stays fp32 whatever the tape's GEMM.
+int op_attention_has_bf16(void);
 
 // gate (N,F), up (N,F) -> out (N,F)     out = silu(gate) · up
 Tensor *op_swiglu(Tape *t, Tensor *gate, Tensor *up);

@@ -245,8 +245,8 @@ static void bf16_gemv(float *out, const float *x, const uint16_t *w, int64_t N, 
     }
 }
 
-// ---- bf16 compute (tape_compute_bf16): quant.h's AVX-512 BF16 GEMMs over any weight type
-#define BF16_MIN_N 16  // fewer rows of x (decoding): the fp32 GEMV paths
+// ---- the tiled GEMMs (tape_gemm): quant.h's kernel variants over any weight type
+#define TILED_MIN_N 16  // fewer rows of x (decoding): the fp32 GEMV paths
 
 static TiledWeight weight_tiled(const Weight *w) {
     switch (w->type) {
@@ -259,19 +259,19 @@ static TiledWeight weight_tiled(const Weight *w) {
     return tiled_f32(NULL, 0, 0);
 }
 
-static int use_bf16(Tape *t, int64_t N) { return N >= BF16_MIN_N && tape_compute_bf16(t); }
+static int use_tiled(Tape *t, int64_t N) { return N >= TILED_MIN_N && tape_gemm(t); }
 
 // GEMM scratch for an (N, K) activation operand, in tape scratch
-static void *bf16_scratch(Tape *t, int64_t N, int64_t K) {
-    return tape_scratch(t, SCR_GEMM, bf16_gemm_scratch_bytes(N, K) / sizeof(float) + 1);
+static void *gemm_scratch(Tape *t, int64_t N, int64_t K) {
+    return tape_scratch(t, SCR_GEMM, gemm_scratch_bytes(tape_gemm(t), N, K) / sizeof(float) + 1);
 }
 
 // x (N,C), w (OC,C) -> out (N,OC)      out = x wᵀ
 void weight_matmul_xwt(Tape *t, const Weight *w, const float *x, int64_t N, float *out) {
     int64_t OC = w->rows, C = w->cols;
-    if (use_bf16(t, N)) {
+    if (use_tiled(t, N)) {
         TiledWeight tw = weight_tiled(w);
-        bf16_matmul_xwt(x, N, C, &tw, out, OC, 0, bf16_scratch(t, N, C));
+        gemm_xwt(tape_gemm(t), x, N, C, &tw, out, OC, 0, gemm_scratch(t, N, C));
         return;
     }
     if (w->type == WT_NF4) {
@@ -304,9 +304,9 @@ void weight_matmul_xwt(Tape *t, const Weight *w, const float *x, int64_t N, floa
 // dout (N,OC), w (OC,C) -> dx (N,C) +=   dx += dout w
 void weight_matmul_dyw(Tape *t, const Weight *w, const float *dout, int64_t N, float *dx) {
     int64_t OC = w->rows, C = w->cols;
-    if (use_bf16(t, N)) {
+    if (use_tiled(t, N)) {
         TiledWeight tw = weight_tiled(w);
-        bf16_matmul_dyw(dout, N, OC, &tw, dx, C, 1, bf16_scratch(t, N, OC));
+        gemm_dyw(tape_gemm(t), dout, N, OC, &tw, dx, C, 1, gemm_scratch(t, N, OC));
         return;
     }
     if (w->type == WT_NF4) {
@@ -353,8 +353,8 @@ static void lora_linear_node_backward(Tape *t, const Node *n) {
     float scale = n->f[0], p = n->f[1];
     const uint8_t *mask = n->saved[1];
     float *dx = tape_grad(t, x);
-    // bf16 compute without dropout: dx += dy W + dh A in one GEMM pass, after dh is known
-    int fuse = dx && A && !mask && use_bf16(t, N);
+    // tiled GEMM without dropout: dx += dy W + dh A in one GEMM pass, after dh is known
+    int fuse = dx && A && !mask && use_tiled(t, N);
     if (dx && !fuse) weight_matmul_dyw(t, w, dy, N, dx);  // dx += dy W
     if (!A) return;
     const float *h = n->saved[0];  // (N,r)
@@ -384,7 +384,7 @@ static void lora_linear_node_backward(Tape *t, const Node *n) {
     if (fuse) {
         // dx (N,C) += dy W + dh A
         TiledWeight tw = weight_tiled(w), ta = tiled_f32(A->data, r, C);
-        bf16_matmul_dyw2(dy, N, OC, &tw, dh, r, &ta, dx, C, 1, bf16_scratch(t, N, OC + r + 1));
+        gemm_dyw2(tape_gemm(t), dy, N, OC, &tw, dh, r, &ta, dx, C, 1, gemm_scratch(t, N, OC + r + 1));
     } else if (dx) {
         // dx (N,C) += drop'(dh A)
         if (!mask) {
@@ -425,9 +425,9 @@ static Tensor *op_lora_linear_run(Tape *t, Tensor *x, const Weight *w, Tensor *A
     memcpy(shape, x->shape, sizeof shape);
     shape[x->ndim - 1] = OC;
     Tensor *out = tape_result(t, x->ndim, shape, any_rg(x, A, B));
-    // out (N,OC) = x Wᵀ (or 0: op_lora_linear_nobase); with bf16 compute and LoRA, x Wᵀ and
+    // out (N,OC) = x Wᵀ (or 0: op_lora_linear_nobase); with a tiled GEMM and LoRA, x Wᵀ and
     // the LoRA term go through one GEMM pass, below
-    int fuse = base && A && use_bf16(t, N);
+    int fuse = base && A && use_tiled(t, N);
     if (base && !fuse)
         weight_matmul_xwt(t, w, x->data, N, out->data);
     else if (mode == LIN_NOBASE)
@@ -475,7 +475,7 @@ static Tensor *op_lora_linear_run(Tape *t, Tensor *x, const Weight *w, Tensor *A
         float *sh = tape_alloc(t, (size_t)(N * r) * sizeof(float));
         for (int64_t i = 0; i < N * r; i++) sh[i] = scale * h[i];
         TiledWeight tw = weight_tiled(w), tb = tiled_f32(B->data, OC, r);
-        bf16_matmul_xwt2(x->data, N, C, &tw, sh, r, &tb, out->data, OC, 0, bf16_scratch(t, N, C + r + 1));
+        gemm_xwt2(tape_gemm(t), x->data, N, C, &tw, sh, r, &tb, out->data, OC, 0, gemm_scratch(t, N, C + r + 1));
     } else if (mode != LIN_NOBASE) {  // nobase: out is never read, only h is needed
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)N, (int)OC, (int)r, scale, h, (int)r, B->data,
                     (int)r, 1.0f, out->data, (int)OC);
@@ -1334,6 +1334,14 @@ static void attention_backward_bf16(Tape *t, float *dq, float *dk, float *dv, co
 }
 #endif
 
+int op_attention_has_bf16(void) {
+#ifdef ATT_BF16
+    return 1;
+#else
+    return 0;
+#endif
+}
+
 // d: B, Tq, Tk, H, KVH, D, window, bf16 (the forward's products: the backward uses the same)
 static void attention_node_backward(Tape *t, const Node *n) {
     Tensor *q = n->in[0], *k = n->in[1], *v = n->in[2];
@@ -1720,16 +1728,16 @@ static void lce_softmax(float *L, float *lse, float *tl, const int *tk, int64_t 
 static void lce_chunk(Tape *t, float *lse, float *tl, float *dxk, float *L, const float *xk, const Weight *w,
                       const int *tk, int64_t K, float norm) {
     int64_t V = w->rows, C = w->cols, TV = weight_tile_rows(w, WTILE_FLOATS);
-    int bf = use_bf16(t, K);  // bf16 compute: each GEMM in one call over the whole vocabulary
+    int bf = use_tiled(t, K);  // tiled GEMM: each one call over the whole vocabulary
     TiledWeight tw = bf ? weight_tiled(w) : tiled_f32(NULL, 0, 0);
     if (bf)
-        bf16_matmul_xwt(xk, K, C, &tw, L, V, 0, bf16_scratch(t, K, C));  // L (K,V) = xk wᵀ
+        gemm_xwt(tape_gemm(t), xk, K, C, &tw, L, V, 0, gemm_scratch(t, K, C));  // L (K,V) = xk wᵀ
     else
         for (int64_t v0 = 0; v0 < V; v0 += TV) lce_logits(t, L + v0, V, xk, w, v0, V - v0 < TV ? V - v0 : TV, K);
     lce_softmax(L, lse, tl, tk, K, V, dxk ? 1.0f / norm : 0.0f);
     if (!dxk) return;
     if (bf) {
-        bf16_matmul_dyw(L, K, V, &tw, dxk, C, 0, bf16_scratch(t, K, V));  // dxk (K,C) = G w
+        gemm_dyw(tape_gemm(t), L, K, V, &tw, dxk, C, 0, gemm_scratch(t, K, V));  // dxk (K,C) = G w
         return;
     }
     memset(dxk, 0, (size_t)(K * C) * sizeof(float));

@@ -8,16 +8,19 @@
 # BENCH_STEPS_BIG (default 3), BENCH_TIMEOUT per run in seconds (default 900),
 # BENCH_MODELS (default build/bench: the random models are written there once and reused;
 # the TinyLlama-shape one is 4.4 GB of fp32 safetensors), BENCH_MEM_GBS (memory bandwidth
-# peak used for the decode fraction, default 49).
+# used for the decode fraction, default: what `lora info` measured).
 #
 # Every configuration runs in its own process, so each peak RSS (ru_maxrss) is its own.
 # Timed: the fastest warm step of each process (the first step is excluded; the 2 vCPUs are
 # shared with other tenants of the host, which only ever slows a step down); at the SmolLM2 and
 # TinyLlama seq-256 shapes every configuration runs in two interleaved passes and keeps the
 # faster. PyTorch's thread count (1 or 2) is chosen per dtype on the small shape and reused.
-# lora.c runs as `lora train` does by default: bf16 compute where the CPU has AVX-512 BF16,
-# gradient checkpointing with --memory-limit 1536 MiB (BENCH_MEMORY_LIMIT), plus one row
-# without checkpointing.
+# lora.c runs as `lora train` does by default: --compute-dtype auto (the GEMM kernel that
+# measured fastest on this CPU, see `lora info`, printed first), gradient checkpointing with
+# --memory-limit 1536 MiB (BENCH_MEMORY_LIMIT), plus one row without checkpointing and one
+# with --compute-dtype fp32. PyTorch runs fp32 with OpenBLAS's proper kernels (when OpenBLAS
+# would fall back to a generic core on this CPU, OPENBLAS_CORETYPE is set for it as lora sets
+# it for itself) and bf16 autocast; "vs torch best" is against the faster of the two.
 #
 # GFLOP/s = useful FLOPs per step / step time, for both sides, with (tok = B·T)
 #   4·N_lin·tok + 4·V·C·tok + 6·N_lora·tok + 6·L·B·T²·H·D
@@ -32,7 +35,7 @@ MD=${BENCH_MODELS:-build/bench}
 SS=${BENCH_STEPS_SMALL:-4}
 SB=${BENCH_STEPS_BIG:-3}
 TO=${BENCH_TIMEOUT:-900}
-GBS=${BENCH_MEM_GBS:-49}
+GBS=${BENCH_MEM_GBS:-}
 LOG=$BUILD/bench/bench.log
 # as `lora` itself does (train/main.c): waiting OpenMP threads sleep instead of spinning, which
 # matters whenever anything else runs on the machine; applied to PyTorch's libgomp too
@@ -41,10 +44,22 @@ mkdir -p "$MD" "$BUILD/bench"
 : > "$LOG"
 
 [ -x "$BIN" ] || { echo "bench: $BIN missing (run: make BUILD=$BUILD bench)"; exit 1; }
+[ -x ./lora ] || { echo "bench: ./lora missing (run: make bench)"; exit 1; }
 
 echo "== lora.c bench  $(date -u +%FT%TZ)  $(nproc) cores: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2)"
 echo "   load now: $(cut -d' ' -f1-3 /proc/loadavg) (other processes on the machine skew the timings)"
 echo "   OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-unset} OMP_NUM_THREADS=${OMP_NUM_THREADS:-unset} OMP_WAIT_POLICY=$OMP_WAIT_POLICY; log: $LOG"
+# the CPU, the kernels measured and chosen (lora info, which also caches the calibration)
+./lora info 2>&1 | sed 's/^/   /'
+[ -z "$GBS" ] && GBS=$(./lora info | sed -n 's/^memory: *\([0-9.]*\) GB\/s.*/\1/p')
+GBS=${GBS:-49}
+# PyTorch's OpenBLAS (and bench_step's) gets the core `lora` gives its own at start-up: only
+# when OpenBLAS would fall back to a generic one and the user set none
+CT=$(./lora info --openblas-coretype)
+if [ -z "${OPENBLAS_CORETYPE:-}" ] && [ -n "$CT" ]; then
+    export OPENBLAS_CORETYPE=$CT
+    echo "   OpenBLAS does not know this CPU: every process below runs with OPENBLAS_CORETYPE=$CT"
+fi
 
 # init DIR DIM LAYERS HEADS KV FFN VOCAB TIED
 init_model() {
@@ -86,28 +101,31 @@ table() {
     local label=$1 p=$2
     local flop=$(kv "${R[$p.nf4]:-}" step_gflop)
     [ -z "$flop" ] && flop=$(kv "${R[$p.none]:-}" step_gflop)
-    local ref_tok=$(kv "${R[$p.torch.bf16]:-}" tok_s)
+    local t32=$(kv "${R[$p.torch.fp32]:-}" tok_s) t16=$(kv "${R[$p.torch.bf16]:-}" tok_s)
+    local ref_tok=$(awk -v a="$t32" -v b="$t16" 'BEGIN{ if (a == "" && b == "") print ""; else print (a + 0 > b + 0 ? a : b) }')
     echo
     echo "$label   (useful work per step: ${flop:-?} GFLOP)"
-    printf '  %-30s %10s %10s %10s %12s %14s\n' configuration "tok/s" "s/step" "GFLOP/s" "peak RSS MB" "vs torch bf16"
-    for c in nf4 nf4nc none torch.fp32 torch.bf16; do
+    printf '  %-34s %10s %10s %10s %12s %14s\n' configuration "tok/s" "s/step" "GFLOP/s" "peak RSS MB" "vs torch best"
+    for c in nf4 nf4nc nf4f32 none torch.fp32 torch.bf16; do
         local line=${R[$p.$c]:-}
         local name
         case $c in
-            nf4) name="lora.c --quant nf4";;
+            nf4) name="lora.c --quant nf4 [$(kv "$line" kernel)]";;
             nf4nc) name="  ... no checkpointing";;
-            none) name="lora.c --quant none";;
+            nf4f32) name="  ... --compute-dtype fp32 [$(kv "$line" kernel)]";;
+            none) name="lora.c --quant none [$(kv "$line" kernel)]";;
             torch.fp32) name="torch fp32 (${BEST_T[fp32]:-?} thr)";;
             torch.bf16) name="torch bf16 autocast (${BEST_T[bf16]:-?} thr)";;
         esac
+        [ "$c" = nf4f32 ] && [ -z "$line" ] && continue
         if [ -z "$line" ] || [[ $line == failed* ]]; then
-            printf '  %-30s %s\n' "$name" "${line:-not run}"
+            printf '  %-34s %s\n' "$name" "${line:-not run}"
             continue
         fi
         local tok=$(kv "$line" tok_s) st=$(kv "$line" step_s) rss=$(kv "$line" peak_rss_mb)
         local gf=$(awk -v f="$flop" -v s="$st" 'BEGIN{ if (f == "") print ""; else printf "%.1f", f / s }')
         local ratio=$(awk -v a="$tok" -v b="$ref_tok" 'BEGIN{ if (b == "" || b == 0) print "-"; else printf "%.2fx", a / b }')
-        printf '  %-30s %10s %10s %10s %12s %14s\n' "$name" "$(fmt "$tok" %.1f)" "$(fmt "$st" %.2f)" "${gf:--}" "$(fmt "$rss" %.0f)" "$ratio"
+        printf '  %-34s %10s %10s %10s %12s %14s\n' "$name" "$(fmt "$tok" %.1f)" "$(fmt "$st" %.2f)" "${gf:--}" "$(fmt "$rss" %.0f)" "$ratio"
     done
 }
 
@@ -137,6 +155,7 @@ for pass in 1 2; do
     run s.nf4.p$pass "$BIN" train "$SMOL" nf4 4 256 "$SS"
     run s.nf4nc.p$pass "$BIN" train "$SMOL" nf4 4 256 "$SS" 0
     run s.none.p$pass "$BIN" train "$SMOL" none 4 256 "$SS"
+    run s.nf4f32.p$pass env BENCH_COMPUTE=fp32 "$BIN" train "$SMOL" nf4 4 256 "$SS"
     for dt in fp32 bf16; do
         if [ $pass = 2 ]; then
             run "s.torch.$dt.p2" "$PY" bench/torch_step.py smollm2-135m 4 256 "$SS" "$dt" "${BEST_T[$dt]}"
@@ -154,7 +173,7 @@ for pass in 1 2; do
         R[s.torch.$dt.p1]=${R[s.torch.$dt.t${BEST_T[$dt]}]}
     done
 done
-for c in nf4 nf4nc none torch.fp32 torch.bf16; do faster "s.$c"; done
+for c in nf4 nf4nc nf4f32 none torch.fp32 torch.bf16; do faster "s.$c"; done
 
 if [ "${BENCH_QUICK:-0}" != 1 ]; then
     init_model "$TINY" 2048 22 32 4 5632 32000 0 || exit 1

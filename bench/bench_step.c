@@ -26,6 +26,7 @@
 #include "model/model.h"
 #include "optim/optim.h"
 #include "quant/quant.h"
+#include "train/train.h"
 
 static double now_s(void) {
     struct timespec ts;
@@ -86,8 +87,10 @@ static int bench_train(const char *dir, const char *quant, int B, int T, int ste
     tape_set_recording(t, 1);
     tape_set_training(t, 1);
     tape_set_checkpointing(t, ckpt);
-    const char *cd = getenv("BENCH_COMPUTE");  // bf16 (default where supported) | fp32
-    tape_set_compute_bf16(t, !cd || strcmp(cd, "fp32") != 0);
+    const char *cd = getenv("BENCH_COMPUTE");  // auto (default) | fp32 | bf16, as --compute-dtype
+    ComputeDtype cdt = COMPUTE_AUTO;
+    if (cd && compute_dtype_parse(cd, &cdt, &e)) return fail(&e);
+    tape_set_gemm(t, compute_gemm(cdt));
     // as `lora train`: --memory-limit (BENCH_MEMORY_LIMIT MiB, default 1536) over the plan lets
     // checkpointed blocks keep their matmul outputs
     const char *ml = getenv("BENCH_MEMORY_LIMIT");
@@ -130,9 +133,9 @@ static int bench_train(const char *dir, const char *quant, int B, int T, int ste
     qsort(dt + (steps > 1), warm, sizeof(double), cmp_double);
     double med = dt[(steps > 1) + warm / 2], best = dt[steps > 1];
     double fl = step_flops(&m->cfg, B, T, 8);
-    printf("mode=train quant=%s compute=%s B=%d T=%d ckpt=%d step_s=%.4f med_s=%.4f first_s=%.4f tok_s=%.2f gflops=%.2f "
+    printf("mode=train quant=%s compute=%s kernel=%s B=%d T=%d ckpt=%d step_s=%.4f med_s=%.4f first_s=%.4f tok_s=%.2f gflops=%.2f "
            "peak_rss_mb=%.1f load_s=%.2f loss=%.4f arena_mb=%.1f step_gflop=%.1f kept_blocks=%d plan_mb=%.0f\n",
-           quant, tape_compute_bf16(t) ? "bf16" : "fp32", B, T, ckpt, best, med, dt[0], n / best, fl / best / 1e9, peak_rss_mb(), t_load, loss_v,
+           quant, tape_compute_bf16(t) ? "bf16" : "fp32", gemm_kernel_name(tape_gemm(t)), B, T, ckpt, best, med, dt[0], n / best, fl / best / 1e9, peak_rss_mb(), t_load, loss_v,
            tape_arena_bytes(t) / 1048576.0, fl / 1e9, kept_blocks, model_memory_total(&plan, ckpt) / 1048576.0);
     free(dt);
     free(ids);
@@ -184,8 +187,8 @@ static int bench_decode(const char *dir, const char *quant, int prompt, int nnew
     return 0;
 }
 
-// One frozen NF4 matmul pair (y = x Wᵀ and dx = dy W) of shape M x (OC,C), timed for the fp32
-// path (dequantized tiles + cblas_sgemm) and the bf16 path (AVX-512 BF16 kernel); GFLOP/s.
+// One frozen NF4 matmul pair (y = x Wᵀ and dx = dy W) of shape M x (OC,C), timed for OpenBLAS
+// (dequantized tiles + cblas_sgemm) and every tiled GEMM variant this CPU runs; GFLOP/s.
 static int bench_gemm(int64_t M, int64_t OC, int64_t C, int reps) {
     Err e = {{0}};
     float *w = malloc(sizeof(float) * OC * C), *x = malloc(sizeof(float) * M * C), *y = malloc(sizeof(float) * M * OC);
@@ -200,31 +203,28 @@ static int bench_gemm(int64_t M, int64_t OC, int64_t C, int reps) {
     if (nf4_quantize(w, OC, C, "bench", &q, &e)) return fail(&e);
     float *scr = malloc(sizeof(float) * nf4_scratch_floats(&q));
     int64_t K = C > OC ? C : OC;
-    void *bscr = malloc(bf16_gemm_scratch_bytes(M, K));
+    void *bscr = malloc(gemm_scratch_bytes(NULL, M, K));
     TiledWeight tw = tiled_nf4(&q);
-    double fl = 2.0 * M * OC * C, best[4] = {1e9, 1e9, 1e9, 1e9};
-    int bf = bf16_gemm_supported();
-    for (int r = 0; r < reps; r++) {
-        double a = now_s();
-        nf4_matmul_xwt(x, M, &q, y, 0, scr, &e);
-        double b = now_s();
-        nf4_matmul_dyw(y, M, &q, dx, 0, scr, &e);
-        double c = now_s();
-        if (b - a < best[0]) best[0] = b - a;
-        if (c - b < best[1]) best[1] = c - b;
-        if (!bf) continue;
-        a = now_s();
-        bf16_matmul_xwt(x, M, C, &tw, y, OC, 0, bscr);
-        b = now_s();
-        bf16_matmul_dyw(y, M, OC, &tw, dx, C, 0, bscr);
-        c = now_s();
-        if (b - a < best[2]) best[2] = b - a;
-        if (c - b < best[3]) best[3] = c - b;
+    double fl = 2.0 * M * OC * C;
+    printf("mode=gemm M=%lld OC=%lld C=%lld", (long long)M, (long long)OC, (long long)C);
+    for (int ki = -1; ki < gemm_kernel_count(); ki++) {
+        const GemmKernel *g = ki < 0 ? NULL : gemm_kernel_at(ki);
+        if (g && (!gemm_kernel_usable(g) || !strcmp(gemm_kernel_isa(g), "c"))) continue;
+        double best[2] = {1e9, 1e9};
+        for (int r = 0; r < reps; r++) {
+            double a = now_s();
+            if (g) gemm_xwt(g, x, M, C, &tw, y, OC, 0, bscr);
+            else nf4_matmul_xwt(x, M, &q, y, 0, scr, &e);
+            double b = now_s();
+            if (g) gemm_dyw(g, y, M, OC, &tw, dx, C, 0, bscr);
+            else nf4_matmul_dyw(y, M, &q, dx, 0, scr, &e);
+            double c = now_s();
+            if (b - a < best[0]) best[0] = b - a;
+            if (c - b < best[1]) best[1] = c - b;
+        }
+        printf(" %s=%.1f/%.1f", gemm_kernel_name(g), fl / best[0] / 1e9, fl / best[1] / 1e9);
     }
-    printf("mode=gemm M=%lld OC=%lld C=%lld fp32_xwt_gflops=%.1f fp32_dyw_gflops=%.1f bf16_xwt_gflops=%.1f "
-           "bf16_dyw_gflops=%.1f\n",
-           (long long)M, (long long)OC, (long long)C, fl / best[0] / 1e9, fl / best[1] / 1e9,
-           bf ? fl / best[2] / 1e9 : 0.0, bf ? fl / best[3] / 1e9 : 0.0);
+    printf("\n");
     nf4_free(&q);
     free(w), free(x), free(y), free(dx), free(scr), free(bscr);
     return 0;

@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "infer/infer.h"
+#include "quant/quant.h"
 
 // ---- text metrics -------------------------------------------------------------------------
 char *text_normalize(const char *s) {
@@ -150,6 +151,7 @@ static int eval_loss(const Model *m, const LoraAdapter *lora, const Dataset *ds,
     if (!t) return -1;
     tape_set_recording(t, 0);
     tape_set_training(t, 0);
+    tape_set_gemm(t, kernel_choice()->fp32);  // fp32, the fastest measured path
     Batch b = {0};
     double *nll = NULL;
     int *hit = NULL;

@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "infer/infer.h"
+#include "quant/quant.h"
 
 const char *finish_reason_name(FinishReason r) { return r == FINISH_LENGTH ? "length" : "stop"; }
 
@@ -98,6 +99,7 @@ Generator *gen_new(const Model *m, const LoraAdapter *lora, const Tokenizer *tok
     if (!(g->kv = kv_new(&m->cfg, n_prompt + g->max_new, e)) || !(g->tape = tape_new(e))) goto fail;
     tape_set_recording(g->tape, 0);
     tape_set_training(g->tape, 0);
+    tape_set_gemm(g->tape, kernel_choice()->fp32);  // the prompt's prefill: the fastest fp32 path
     if (g->max_new == 0) {
         g->done = 1;
         g->finish = FINISH_LENGTH;

@@ -66,10 +66,10 @@ void model_memory_plan(const Model *m, const LoraAdapter *lora, int optimizer_mo
     Kc = Kc < 1 ? 1 : Kc > N ? N : Kc;
     scratch += (size_t)(Kc * C) + (size_t)(Kc * V);
     scratch += 2 * (size_t)(N * C);  // LoRA dropout: x masked and its gradient
-    if (bf16_gemm_supported()) {      // bf16 compute: the GEMMs' packed operands
+    {  // the tiled GEMMs' packed operands (any variant kernel_choice may pick)
         int64_t kmax = C > c->hidden_dim ? C : c->hidden_dim;
         kmax = kmax > H * D ? kmax : H * D;
-        size_t a = bf16_gemm_scratch_bytes(N, kmax + 257), b = bf16_gemm_scratch_bytes(Kc, V + 1);
+        size_t a = gemm_scratch_bytes(NULL, N, kmax + 257), b = gemm_scratch_bytes(NULL, Kc, V + 1);
         // bf16 attention: bf16 copies of k and v, per-thread Q/dO packs and block buffers
         size_t att = (size_t)(2 * N * c->n_kv_heads * D) * 2 + (size_t)nt * (2 * T * D + 3 * 64 * T) * F4;
         a = a > att ? a : att;

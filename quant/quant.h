@@ -206,14 +206,16 @@ int ggq_matmul_dyw(const float *dy, int64_t N, const GgqMatrix *w, float *dx, in
                    float *scratch, Err *e);
 
 // =========================================================================================
-// ---- bf16 compute: AVX-512 BF16 GEMMs over any frozen weight (`--compute-dtype bf16`) ----
+// ---- the tiled GEMM over frozen weights (gemm.c, gemm_x86.c, gemm_neon.c) ----------------
 // =========================================================================================
-// The activation matrix is rounded to bf16 (round to nearest even) once per call; W is read
-// through its format's tile callback (fp32), rounded to bf16 and packed tile by tile (never
-// a whole bf16 copy); products are summed in fp32 by vdpbf16ps, in blocks of 256 k with fp32
-// adds between blocks. As torch.autocast(bfloat16) but with fp32 accumulation throughout.
-// Results do not depend on the thread count. Relative error against fp32: about 2^-8 per
-// operand (bf16 keeps 8 significant bits), far below NF4's own quantization error.
+// C (+)= A · B where A is an fp32 activation matrix packed once per call and B a frozen weight
+// W read through its format's tile callback (fp32), packed tile by tile (never a whole copy).
+// Kernel variants (GemmKernel, opaque here): fp32 FMA micro-kernels (AVX-512, AVX2+FMA, NEON,
+// portable C) and bf16 products with fp32 accumulation (AVX-512 BF16 vdpbf16ps, portable C:
+// operands rounded to nearest even bf16, as torch.autocast(bfloat16) but summed in fp32
+// throughout; relative error about 2^-8 per operand, far below NF4's own quantization error).
+// k is summed in blocks of 256 with fp32 adds between blocks; results do not depend on the
+// thread count. Which variant runs is chosen at run time by measurement (kernel_choice below).
 
 // A frozen (rows, cols) weight seen through a tile callback. A view of rows [r0, r0+rows) of
 // the underlying matrix (tiled_rows); ld = the underlying row length (f32 / bf16 arrays).
@@ -231,23 +233,79 @@ TiledWeight tiled_nf4(const Nf4Matrix *m);
 TiledWeight tiled_ggq(const GgqMatrix *m);
 TiledWeight tiled_rows(const TiledWeight *w, int64_t r0, int64_t nrows);  // rows [r0, r0+nrows)
 
-// 1 when this CPU (and this build) has AVX-512 BF16; the GEMMs below must not be called
-// otherwise (a plain-C version of the same arithmetic is compiled for non-AVX-512 builds).
-int bf16_gemm_supported(void);
+typedef struct GemmKernel GemmKernel;
+// The variants compiled into this binary: index 0 .. gemm_kernel_count()-1.
+int gemm_kernel_count(void);
+const GemmKernel *gemm_kernel_at(int i);
+const GemmKernel *gemm_kernel_find(const char *name);  // "f32-avx2"; NULL if none
+const char *gemm_kernel_name(const GemmKernel *g);     // NULL -> "openblas"
+const char *gemm_kernel_isa(const GemmKernel *g);      // what the CPU needs ("avx512bf16", "c")
+int gemm_kernel_bf16(const GemmKernel *g);             // bf16 operands (0 for NULL)
+// 1 when this CPU runs g, and LORA_ISA (if set: c, avx2, avx512, avx512bf16, neon) allows it.
+int gemm_kernel_usable(const GemmKernel *g);
+
 // Scratch for one call with an (M, K) activation operand (M rows of x, K = its columns; for
-// the two-product calls below K = K1 + K2 + 1).
-size_t bf16_gemm_scratch_bytes(int64_t M, int64_t K);
+// the two-product calls below K = K1 + K2 + 1). g = NULL: enough for any variant.
+size_t gemm_scratch_bytes(const GemmKernel *g, int64_t M, int64_t K);
 // x (N,C) row stride ldx, W (OC,C) -> y (N,OC) row stride ldy   y (+)= x Wᵀ
-void bf16_matmul_xwt(const float *x, int64_t N, int64_t ldx, const TiledWeight *w, float *y, int64_t ldy,
-                     int accumulate, void *scratch);
+void gemm_xwt(const GemmKernel *g, const float *x, int64_t N, int64_t ldx, const TiledWeight *w, float *y,
+              int64_t ldy, int accumulate, void *scratch);
 // dy (N,OC) row stride lddy, W (OC,C) -> dx (N,C) row stride lddx   dx (+)= dy W
-void bf16_matmul_dyw(const float *dy, int64_t N, int64_t lddy, const TiledWeight *w, float *dx, int64_t lddx,
-                     int accumulate, void *scratch);
+void gemm_dyw(const GemmKernel *g, const float *dy, int64_t N, int64_t lddy, const TiledWeight *w, float *dx,
+              int64_t lddx, int accumulate, void *scratch);
 // The same with a second (low-rank) product summed in the same pass over the output — LoRA's
 // path fused with the frozen matmul: its k follow the first product's.
 // x (N,C), W (OC,C), x2 (N,K2) row stride ldx2, W2 (OC,K2) -> y (N,OC)   y (+)= x Wᵀ + x2 W2ᵀ
-void bf16_matmul_xwt2(const float *x, int64_t N, int64_t ldx, const TiledWeight *w, const float *x2, int64_t ldx2,
-                      const TiledWeight *w2, float *y, int64_t ldy, int accumulate, void *scratch);
+void gemm_xwt2(const GemmKernel *g, const float *x, int64_t N, int64_t ldx, const TiledWeight *w, const float *x2,
+               int64_t ldx2, const TiledWeight *w2, float *y, int64_t ldy, int accumulate, void *scratch);
 // dy (N,OC), W (OC,C), dy2 (N,K2) row stride lddy2, W2 (K2,C) -> dx (N,C)   dx (+)= dy W + dy2 W2
-void bf16_matmul_dyw2(const float *dy, int64_t N, int64_t lddy, const TiledWeight *w, const float *dy2,
-                      int64_t lddy2, const TiledWeight *w2, float *dx, int64_t lddx, int accumulate, void *scratch);
+void gemm_dyw2(const GemmKernel *g, const float *dy, int64_t N, int64_t lddy, const TiledWeight *w, const float *dy2,
+               int64_t lddy2, const TiledWeight *w2, float *dx, int64_t lddx, int accumulate, void *scratch);
+
+// =========================================================================================
+// ---- the CPU and the kernels chosen by measurement (cpu.c) ------------------------------
+// =========================================================================================
+typedef struct {
+    char arch[16];      // "x86_64", "aarch64"
+    char model[128];    // "Intel(R) Xeon(R) Platinum 8581C CPU @ 2.30GHz" (CPUID brand / cpuinfo)
+    char vendor[16];    // "GenuineIntel", "AuthenticAMD", "arm"
+    int family, model_id;  // x86 CPUID display family / model (0 elsewhere)
+    char flags[256];    // the instruction sets that matter here, present ones only
+    int avx2, fma, avx512, avx512bf16, neon;
+} CpuInfo;
+void cpu_info(CpuInfo *ci);
+
+#define KC_MAX_CAND 8
+typedef struct {
+    const GemmKernel *k;  // NULL: OpenBLAS sgemm over dequantized tiles
+    double gflops;        // measured on the calibration shapes (NF4 weight, xwt + dyw)
+} KernelCand;
+typedef struct {
+    int threads;              // the thread count it was measured with
+    int n_cand;
+    KernelCand cand[KC_MAX_CAND];
+    const GemmKernel *fp32;   // the fastest fp32 path (NULL: OpenBLAS)
+    const GemmKernel *bf16;   // the fastest bf16 variant this CPU has in hardware (NULL: none)
+    const GemmKernel *best;   // the fastest of all: `--compute-dtype auto`
+    double mem_gbs;           // measured read bandwidth of main memory, GB/s
+    double seconds;           // calibration time (0 when read from the cache)
+    int from_cache;           // 1: read from cache_path
+    int forced;               // 1: LORA_KERNEL chose, nothing measured
+    char cache_path[600];     // "" when no cache directory can be used
+} KernelChoice;
+// The kernels for the current thread count: measured once per process (≤ 1 s) or read from
+// the cache ($XDG_CACHE_HOME/lora/ or ~/.cache/lora/, keyed by the CPU model, its flags, the
+// thread count and the kernels of this build); never needed for correctness — every variant
+// computes the same product. LORA_KERNEL=NAME (a gemm_kernel_name or "openblas") forces the
+// choice without measuring; LORA_ISA caps the variants considered. Thread-safe.
+const KernelChoice *kernel_choice(void);
+// OpenBLAS's kernels: the core it picked ("SkylakeX"), and the OPENBLAS_CORETYPE it should be
+// given (read when the library loads) when it fell back to a generic core on a CPU it does not
+// know although the CPU has AVX2 or AVX-512; NULL when it needs none or the user set one.
+const char *openblas_core(void);
+const char *openblas_coretype_fix(void);
+// The rule itself: OpenBLAS's core name and a CPU -> the core to ask for, or NULL.
+const char *openblas_coretype_for(const char *core, const CpuInfo *ci);
+// A precision rule: bf16 is taken over fp32 only when it measured at least this much faster
+// (fp32 keeps 16 more bits; a near tie is not worth them).
+#define KC_BF16_MARGIN 1.10

@@ -37,3 +37,46 @@ int qt_matmul_xwt(const QtMatrix *q, const float *x, int64_t N, float *y, int ac
 // dy (N,OC), W (OC,C) -> dx (N,C)    dx = dy W  (accumulate: dx += dy W)
 int qt_matmul_dyw(const QtMatrix *q, const float *dy, int64_t N, float *dx, int accumulate,
                   float *scratch, Err *e);
+
+// =========================================================================================
+// ---- the tiled GEMM's kernel variants (gemm.c drives them, gemm_x86.c / gemm_neon.c and
+// gemm.c's portable C define them; cpu.c chooses one by measurement) ----------------------
+// =========================================================================================
+// Operands are packed into 32-bit words holding kw values of k each:
+//   kw = 2 (bf16): the pair (k = 2p, 2p+1) rounded to bf16, the even k in the low half;
+//   kw = 1 (fp32): one fp32 value (its bits).
+// Packed A: ceil(M/mr) micro-panels; panel i, word [kp][m] = row i·mr+m, word column kp
+//   (rows past M and k past K zero). Packed B: panels of nr columns, word [kp][j].
+typedef struct GemmKernel GemmKernel;
+struct GemmKernel {
+    const char *name;   // "f32-avx512": precision-isa
+    const char *isa;    // what the CPU needs: "avx512bf16", "avx512f", "avx2+fma", "neon", "c"
+    int bf16;           // products of bf16-rounded operands (fp32 accumulation)
+    int kw, mr, nr;     // k per word, micro-tile rows of A, columns of B (nr divides QG_NC)
+    int (*usable)(void);  // this CPU can run it
+    // a (M,K) row stride lda -> ap: panels of (KPT, mr) words, a's words at columns
+    // [kpo, kpo + ceil(K/kw)) of each panel. OpenMP-parallel over panels.
+    void (*pack_a)(uint32_t *ap, int64_t KPT, int64_t kpo, const float *a, int64_t M, int64_t K, int64_t lda);
+    // xwt: T (nc,kc) row stride ldt -> P: ceil(nc/nr) panels of (ceil(kc/kw), nr) words,
+    //      word [kp][j] = T[p·nr+j][kw·kp ..]
+    // dyw: T (kc,nc) row stride ldt -> P, word [kp][j] = T[kw·kp ..][p·nr+j]
+    // columns past nc and k past kc zero. Runs on the calling thread.
+    void (*pack_b)(int xwt, uint32_t *P, const float *T, int64_t ldt, int64_t nc, int64_t kc);
+    // ap (kpn, mr) words, bp (kpn, nr) words -> c (rows, ncols), row stride ldc:
+    // c = (add ? c : 0) + Σ_kp a·b, only the first `rows` rows and ncols columns stored.
+    void (*kernel)(int rows, const uint32_t *ap, const uint32_t *bp, int64_t kpn, float *c, int64_t ldc,
+                   int add, int ncols);
+};
+#define QG_KC 256   // k per packed block of B (a multiple of every kw)
+#define QG_NC 256   // columns per packed block of B (a multiple of every nr)
+#define QG_MAX_MR 16
+
+// The variants compiled into this binary, portable C first; NULL-terminated.
+extern const GemmKernel *const qg_kernels[];
+// Per-ISA variants (NULL where not compiled for this architecture).
+extern const GemmKernel qg_f32_avx512, qg_f32_avx2, qg_bf16_avx512, qg_f32_neon;
+// Shared pieces for the variants: the portable packers.
+void qg_pack_a_words(const GemmKernel *g, uint32_t *ap, int64_t KPT, int64_t kpo, const float *a, int64_t M,
+                     int64_t K, int64_t lda);
+void qg_pack_b_words(const GemmKernel *g, int xwt, uint32_t *P, const float *T, int64_t ldt, int64_t nc,
+                     int64_t kc);

@@ -66,7 +66,7 @@ static Run run(Tape *t, const Case *c, Tensor *q, Tensor *k, Tensor *v, float *r
     for (int i = 0; i < 3; i++)
         if (in[i]->requires_grad) tensor_zero_grad(in[i]);
     tape_reset(t);
-    tape_set_compute_bf16(t, bf16);
+    tape_set_gemm(t, bf16 ? gemm_kernel_find("bf16-avx512") : NULL);
     Tensor *out = op_attention(t, q, k, v, c->B, c->Tq, c->Tk, c->H, c->KVH, c->D, c->window);
     int64_t fshape[2] = {1, out->n};
     Tensor *flat = tape_view(t, out->data, 2, fshape);
@@ -80,7 +80,7 @@ static Run run(Tape *t, const Case *c, Tensor *q, Tensor *k, Tensor *v, float *r
     tape_backward(t, L);
     Run res = {copy(out->data, out->n), copy(q->grad, q->n), copy(k->grad, k->n), copy(v->grad, v->n)};
     tape_reset(t);
-    tape_set_compute_bf16(t, 0);
+    tape_set_gemm(t, NULL);
     return res;
 }
 
@@ -132,12 +132,12 @@ static void test_case(Tape *t, const Case *c, int thread_check) {
 
     // the forward with recording off (checkpointed blocks, eval) gives the recorded forward's output
     tape_reset(t);
-    tape_set_compute_bf16(t, 1);
+    tape_set_gemm(t, gemm_kernel_find("bf16-avx512"));
     tape_set_recording(t, 0);
     Tensor *y = op_attention(t, q, k, v, c->B, c->Tq, c->Tk, c->H, c->KVH, c->D, c->window);
     int off_same = !memcmp(y->data, bf.out, (size_t)nq * sizeof(float));
     tape_set_recording(t, 1);
-    tape_set_compute_bf16(t, 0);
+    tape_set_gemm(t, NULL);
     tape_reset(t);
     snprintf(lab, sizeof lab, "%s recording off = on", name);
     CHECK(lab, off_same, "outputs differ");
@@ -198,8 +198,8 @@ static void test_partial(Tape *t) {
 }
 
 int main(void) {
-    if (!bf16_gemm_supported()) {
-        SKIP("attention bf16", "this CPU has no AVX-512 BF16");
+    if (!op_attention_has_bf16() || !gemm_kernel_find("bf16-avx512") || !gemm_kernel_usable(gemm_kernel_find("bf16-avx512"))) {
+        SKIP("attention bf16", "this build or CPU has no AVX-512 BF16 (or LORA_ISA caps it)");
         return tu_exit();
     }
     Err e = {{0}};
@@ -208,9 +208,9 @@ int main(void) {
         fprintf(stderr, "%s\n", e.msg);
         return 2;
     }
-    tape_set_compute_bf16(t, 1);
+    tape_set_gemm(t, gemm_kernel_find("bf16-avx512"));
     CHECK("attention bf16: compute dtype on", tape_compute_bf16(t), "tape_compute_bf16 reads 0");
-    tape_set_compute_bf16(t, 0);
+    tape_set_gemm(t, NULL);
     Case cases[] = {
         // SmolLM2-like head (G = 3), causal, several blocks of query rows
         {.B = 2, .Tq = 200, .Tk = 200, .H = 6, .KVH = 2, .D = 64, .window = 0, .qscale = 1.0f},

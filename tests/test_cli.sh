@@ -43,4 +43,28 @@ fi
 head -c 100 "$T/m/model.safetensors" > "$T/trunc.safetensors"; mkdir -p "$T/trunc"
 cp "$T/m/config.json" "$T/trunc/"; mv "$T/trunc.safetensors" "$T/trunc/model.safetensors"
 expect_error truncated_model "model.safetensors" ./lora generate --model "$T/trunc" --tokenizer "$T/tok.model" --prompt hi
+# lora info: the CPU, every kernel variant of this build, the choice, the cache; the calibration
+# is cached (a second run reads it) and LORA_KERNEL forces a choice without measuring
+export XDG_CACHE_HOME="$T/cache"
+if ./lora info > "$T/info1" 2>&1 && ./lora info > "$T/info2" 2>&1 &&
+    grep -q "^cpu: " "$T/info1" && grep -q "f32-c" "$T/info1" && grep -q "^chosen: *--compute-dtype auto -> " "$T/info1" &&
+    grep -q "(measured now)" "$T/info1" && grep -q "(cached)" "$T/info2" && grep -q "^cache: *$T/cache/lora/kernels-" "$T/info1" &&
+    ls "$T/cache/lora/"kernels-*.txt > /dev/null 2>&1; then
+  pass lora_info_measures_then_reads_the_cache
+else
+  fail lora_info_measures_then_reads_the_cache "$(head -c 600 "$T/info1"; head -c 300 "$T/info2")"
+fi
+if LORA_KERNEL=f32-c ./lora info > "$T/info3" 2>&1 && grep -q "auto -> f32-c; fp32 -> f32-c" "$T/info3" &&
+    LORA_KERNEL=nonsense ./lora info > "$T/info4" 2>&1 && grep -q "LORA_KERNEL=nonsense is not a kernel" "$T/info4"; then
+  pass lora_kernel_env_forces_the_choice
+else
+  fail lora_kernel_env_forces_the_choice "$(head -c 400 "$T/info3"; head -c 300 "$T/info4")"
+fi
+if ./lora train --model "$T/m" --tokenizer "$T/tok.model" --data "$T/ok.jsonl" --val-data "$T/ok.jsonl" \
+    --out "$T/o5" --steps 1 > "$T/o5.log" 2>&1 && grep -q "^compute: .* kernel" "$T/o5.log"; then
+  pass train_reports_the_kernel
+else
+  fail train_reports_the_kernel "$(grep -i "compute\|error" "$T/o5.log" | head -5)"
+fi
+unset XDG_CACHE_HOME
 exit $failed

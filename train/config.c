@@ -44,7 +44,12 @@ int compute_dtype_parse(const char *s, ComputeDtype *out, Err *e) {
 
 const char *compute_dtype_name(ComputeDtype d) { return COMPUTE_NAMES[d]; }
 
-int compute_dtype_bf16(ComputeDtype d) { return d != COMPUTE_FP32 && bf16_gemm_supported(); }
+const GemmKernel *compute_gemm(ComputeDtype d) {
+    const KernelChoice *kc = kernel_choice();
+    if (d == COMPUTE_FP32) return kc->fp32;
+    if (d == COMPUTE_BF16) return kc->bf16 ? kc->bf16 : kc->fp32;
+    return kc->best;
+}
 
 static int parse_int(const char *key, const char *v, int lo, int hi, int *out, Err *e) {
     char *end;

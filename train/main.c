@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include "export/export.h"
+#include "quant/quant.h"
 #include "train/train.h"
 
 static const char *USAGE =
@@ -36,6 +37,9 @@ static const char *USAGE =
     "             tokenizer files copied) or a GGUF llama.cpp loads\n"
     "  lora export --adapter A --model M --out F.gguf [--to gguf|peft]   llama.cpp GGUF LoRA adapter\n"
     "             (q/k rows in the GGUF RoPE order, rsLoRA folded into B), or back to PEFT\n"
+    "  lora info [--threads N] [--recalibrate]   the CPU, its instruction sets, the GEMM kernels\n"
+    "             measured here (GFLOP/s) and chosen per precision, memory bandwidth, OpenBLAS's\n"
+    "             core, the calibration cache\n"
     "\n"
     "train flags (recipe keys with '_' written as '-'):\n"
     "  --model --tokenizer --data --val-data --out --steps --epochs --lr --rank --alpha\n"
@@ -51,8 +55,9 @@ static const char *USAGE =
     "  --grad-checkpointing true|false (default true: recompute each block in backward)\n"
     "  --memory-limit MiB (default 1536: while the planned step stays under it, checkpointed blocks\n"
     "    keep their matmul outputs and the backward skips recomputing them; 0: recompute all)\n"
-    "  --compute-dtype auto|bf16|fp32 (default auto: bf16 matmuls over the frozen base with fp32\n"
-    "    accumulation where the CPU has AVX-512 BF16, else fp32; evaluation always fp32)\n"
+    "  --compute-dtype auto|bf16|fp32 (default auto: whichever GEMM over the frozen base measured\n"
+    "    fastest on this CPU — bf16 products with fp32 accumulation, or fp32 — see `lora info`;\n"
+    "    evaluation always fp32)\n"
     "  --profile (wall time per op: forward, recompute, backward; optimizer, data, eval)\n"
     "generate, eval, chat and serve take --quant auto|nf4|none too (default auto: the quant the\n"
     "  --adapter was trained with, from its train_config.json, else none).\n"
@@ -174,10 +179,25 @@ static int cmd_convert(int argc, char **argv) {
 // process). libgomp reads OMP_WAIT_POLICY once, when it loads, so when the user has not chosen
 // one we set "passive" and re-run ourselves once (the variable is then set: no loop).
 // OpenBLAS is its OpenMP build and runs on the same libgomp, inside our thread count.
+// We exec the file /proc/self/exe links to, not "/proc/self/exe" itself: under an emulator
+// (qemu-user: an aarch64 build on x86-64) the kernel's /proc/self/exe is the emulator, which
+// would then run with our arguments as its own; qemu answers the readlink with the emulated
+// program. Without binfmt_misc the exec of that program fails (ENOEXEC): we carry on.
+// OpenBLAS too reads OPENBLAS_CORETYPE only when it loads: when its own detection fell back to
+// a generic core on a CPU it does not know (Debian 12's 0.3.21 on recent Intel Xeons: its
+// "Prescott" kernels at a fifth of the speed) and the user set none, the same re-run gives it
+// the core the CPU's instruction sets allow (quant.h's openblas_coretype_fix), and
+// LORA_OPENBLAS_CORETYPE tells `lora info` that we did.
 static void set_runtime_env(char **argv) {
-    if (getenv("OMP_WAIT_POLICY")) return;
-    if (setenv("OMP_WAIT_POLICY", "passive", 1)) return;
-    execv("/proc/self/exe", argv);  // only returns on failure: carry on with the default
+    const char *ct = openblas_coretype_fix();
+    if (getenv("OMP_WAIT_POLICY") && !ct) return;
+    char self[4096];
+    ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
+    if (n <= 0 || n >= (ssize_t)sizeof self - 1) return;
+    self[n] = 0;
+    if (!getenv("OMP_WAIT_POLICY") && setenv("OMP_WAIT_POLICY", "passive", 1)) return;
+    if (ct && (setenv("OPENBLAS_CORETYPE", ct, 1) || setenv("LORA_OPENBLAS_CORETYPE", ct, 1))) return;
+    execv(self, argv);  // only returns on failure: carry on with the defaults
 }
 
 int main(int argc, char **argv) {
@@ -196,6 +216,7 @@ int main(int argc, char **argv) {
     if (!strcmp(cmd, "convert")) return cmd_convert(argc - 2, argv + 2);
     if (!strcmp(cmd, "merge")) return cmd_merge(argc - 2, argv + 2);
     if (!strcmp(cmd, "export")) return cmd_export(argc - 2, argv + 2);
+    if (!strcmp(cmd, "info")) return cmd_info(argc - 2, argv + 2);
     fprintf(stderr, "lora: unknown command \"%s\"\n\n%s", cmd, USAGE);
     return 2;
 }

@@ -14,8 +14,11 @@
 typedef enum { COMPUTE_AUTO, COMPUTE_FP32, COMPUTE_BF16 } ComputeDtype;
 int compute_dtype_parse(const char *s, ComputeDtype *out, Err *e);  // auto | fp32 | bf16
 const char *compute_dtype_name(ComputeDtype d);
-// What a run with d uses: 1 = bf16, 0 = fp32 (fp32 always without AVX-512 BF16).
-int compute_dtype_bf16(ComputeDtype d);
+// The GEMM a training step runs with d (tape_set_gemm; NULL = OpenBLAS), from kernel_choice():
+// fp32 -> the fastest fp32 path; bf16 -> the fastest bf16 variant (the fp32 path on a CPU
+// without bf16 dot products); auto -> the fastest of all (bf16 only when it measured at least
+// KC_BF16_MARGIN faster than fp32).
+const GemmKernel *compute_gemm(ComputeDtype d);
 
 typedef struct {
     // inputs / outputs
@@ -37,8 +40,8 @@ typedef struct {
     int grad_checkpointing;    // 1: each block recomputed in backward (`--grad-checkpointing`)
     int memory_limit_mb;       // 1536: checkpointed blocks keep their matmul outputs (no re-run
                                // matmuls) while the planned step stays under it (`--memory-limit`)
-    ComputeDtype compute;      // COMPUTE_AUTO: bf16 matmuls over the frozen base where the CPU
-                               // has AVX-512 BF16, else fp32 (`--compute-dtype`)
+    ComputeDtype compute;      // COMPUTE_AUTO: the fastest measured GEMM over the frozen base,
+                               // bf16 or fp32 (`--compute-dtype`; compute_gemm)
     // data
     DataOptions data_opts;
     float val_fraction;        // 0.1 when val_data is empty
@@ -169,3 +172,4 @@ int cmd_chat(int argc, char **argv);
 int cmd_serve(int argc, char **argv);
 int cmd_merge(int argc, char **argv);    // train/cmd_merge.c
 int cmd_export(int argc, char **argv);   // train/cmd_export.c
+int cmd_info(int argc, char **argv);     // train/cmd_info.c

@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include "export/export.h"
+#include "quant/quant.h"
 #include "train/train.h"
 
 #define MAX_PARAMS 4096
@@ -17,10 +18,11 @@ float train_step(Tape *t, const Model *m, LoraAdapter *lora, AdamW *opt, const B
     long kept = 0;
     for (int i = 0; i < n_micro; i++) kept += micro[i].n_targets;
     float norm = kept > 0 ? (float)kept : 1.0f;
-    int was_recording = tape_recording(t), was_training = tape_training(t), was_bf16 = tape_compute_bf16(t);
+    int was_recording = tape_recording(t), was_training = tape_training(t);
+    const GemmKernel *was_gemm = tape_gemm(t);
     tape_set_recording(t, 1);
     tape_set_training(t, 1);
-    tape_set_compute_bf16(t, compute_dtype_bf16(c->compute));
+    tape_set_gemm(t, compute_gemm(c->compute));
     double total = 0;
     for (int i = 0; i < n_micro; i++) {
         tape_reset(t);
@@ -31,7 +33,7 @@ float train_step(Tape *t, const Model *m, LoraAdapter *lora, AdamW *opt, const B
     tape_reset(t);
     tape_set_recording(t, was_recording);
     tape_set_training(t, was_training);
-    tape_set_compute_bf16(t, was_bf16);
+    tape_set_gemm(t, was_gemm);
     double t_opt = tape_profile_now();
     float gn = grads_clip_global_norm(opt->params, opt->n_params, c->max_grad_norm);
     int64_t warmup = c->warmup_steps > 0 ? c->warmup_steps : (int64_t)ceil((double)c->warmup_ratio * total_steps);
@@ -240,10 +242,16 @@ static int run_setup(Run *r, const TrainConfig *c, Err *e) {
     tape_seed(r->tape, c->seed + 1);
     tape_set_checkpointing(r->tape, c->grad_checkpointing);
     tape_set_profile(r->tape, c->profile);
-    if (c->compute == COMPUTE_BF16 && !compute_dtype_bf16(c->compute))
-        printf("note: --compute-dtype bf16: this CPU has no AVX-512 BF16, the matmuls run in fp32\n");
-    printf("compute: %s matmuls over the frozen base in training steps (evaluation in fp32)\n",
-           compute_dtype_bf16(c->compute) ? "bf16 (AVX-512 BF16, fp32 accumulation)" : "fp32");
+    const KernelChoice *kc = kernel_choice();
+    const GemmKernel *g = compute_gemm(c->compute);
+    if (c->compute == COMPUTE_BF16 && !gemm_kernel_bf16(g))
+        printf("note: --compute-dtype bf16: this CPU has no bf16 dot products, the matmuls run in fp32\n");
+    tape_set_gemm(r->tape, kc->fp32);  // evaluation: the fastest fp32 path
+    printf("compute: %s matmuls over the frozen base in training steps (%s kernel, %s); evaluation in fp32 "
+           "(%s)\n",
+           gemm_kernel_bf16(g) ? "bf16 (fp32 accumulation)" : "fp32", gemm_kernel_name(g),
+           kc->forced ? "forced by LORA_KERNEL" : kc->from_cache ? "measured earlier, see `lora info`" : "measured now",
+           gemm_kernel_name(kc->fp32));
     MemoryPlan plan;
     model_memory_plan(r->model, r->lora, 2, c->batch_size, dopt.seq_len, &plan);
     model_print_memory_plan(stdout, r->model, &plan, c->batch_size, dopt.seq_len, c->grad_checkpointing);
