@@ -80,6 +80,22 @@ T256 INLINE void transpose8(__m256 r[8]) {
     }
 }
 
+// acc0/acc1 (mr rows of 2 × 16 lanes) -> c (mr, 32) row stride ldc, lanes masked by m0/m1:
+// c = (add ? c : 0) + acc. Inlined with a constant mr, so acc stays in registers.
+T512 INLINE void z_store(const int mr, __m512 *acc0, __m512 *acc1, float *c, int64_t ldc, int add, __mmask16 m0,
+                         __mmask16 m1) {
+#pragma GCC unroll 12
+    for (int m = 0; m < mr; m++) {
+        float *cr = c + m * ldc;
+        if (add) {
+            acc0[m] = _mm512_add_ps(acc0[m], _mm512_maskz_loadu_ps(m0, cr));
+            acc1[m] = _mm512_add_ps(acc1[m], _mm512_maskz_loadu_ps(m1, cr + 16));
+        }
+        _mm512_mask_storeu_ps(cr, m0, acc0[m]);
+        _mm512_mask_storeu_ps(cr + 16, m1, acc1[m]);
+    }
+}
+
 // ---- f32-avx512 ---------------------------------------------------------------------------
 
 // ap (kpn, 12) fp32, bp (kpn, 32) fp32 -> c (rows, ncols): c = (add ? c : 0) + Σ a b
@@ -98,16 +114,7 @@ T512 INLINE void z_f32_tile(const int mr, const float *ap, const float *bp, int6
             acc1[m] = _mm512_fmadd_ps(av, b1, acc1[m]);
         }
     }
-#pragma GCC unroll 12
-    for (int m = 0; m < mr; m++) {
-        float *cr = c + m * ldc;
-        if (add) {
-            acc0[m] = _mm512_add_ps(acc0[m], _mm512_maskz_loadu_ps(m0, cr));
-            acc1[m] = _mm512_add_ps(acc1[m], _mm512_maskz_loadu_ps(m1, cr + 16));
-        }
-        _mm512_mask_storeu_ps(cr, m0, acc0[m]);
-        _mm512_mask_storeu_ps(cr + 16, m1, acc1[m]);
-    }
+    z_store(mr, acc0, acc1, c, ldc, add, m0, m1);
 }
 
 static __mmask16 mask_lo(int ncols) { return ncols >= 16 ? 0xFFFF : (__mmask16)((1u << ncols) - 1); }
@@ -402,16 +409,7 @@ T512BF INLINE void zb_tile(const int mr, const uint32_t *ap, const uint32_t *bp,
             acc1[m] = _mm512_dpbf16_ps(acc1[m], av, b1);
         }
     }
-#pragma GCC unroll 12
-    for (int m = 0; m < mr; m++) {
-        float *cr = c + m * ldc;
-        if (add) {
-            acc0[m] = _mm512_add_ps(acc0[m], _mm512_maskz_loadu_ps(m0, cr));
-            acc1[m] = _mm512_add_ps(acc1[m], _mm512_maskz_loadu_ps(m1, cr + 16));
-        }
-        _mm512_mask_storeu_ps(cr, m0, acc0[m]);
-        _mm512_mask_storeu_ps(cr + 16, m1, acc1[m]);
-    }
+    z_store(mr, acc0, acc1, c, ldc, add, m0, m1);
 }
 
 T512BF static void zb_kernel(int rows, const uint32_t *ap, const uint32_t *bp, int64_t kpn, float *c, int64_t ldc,

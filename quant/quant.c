@@ -10,6 +10,8 @@
 #include <string.h>
 #ifdef __AVX512F__
 #include <immintrin.h>
+#elif defined(__aarch64__)
+#include <arm_neon.h>
 #endif
 
 static const float NF4[16] = {
@@ -278,6 +280,28 @@ static inline void dequant_block64(const uint8_t *p, float a, float *out) {
         _mm512_storeu_ps(out + 32 * h, _mm512_mul_ps(_mm512_permutexvar_ps(_mm512_cvtepu8_epi32(c0), cb), va));
         _mm512_storeu_ps(out + 32 * h + 16,
                          _mm512_mul_ps(_mm512_permutexvar_ps(_mm512_cvtepu8_epi32(c1), cb), va));
+    }
+#elif defined(__aarch64__)
+    // NEON: the codebook's 64 bytes are a 4-register table; each code c becomes the byte
+    // indices 4c .. 4c+3 of its float (tbl), 16 lookups of 4 floats per block
+    const uint8_t *cbb = (const uint8_t *)NF4;
+    const uint8x16x4_t tb = {{vld1q_u8(cbb), vld1q_u8(cbb + 16), vld1q_u8(cbb + 32), vld1q_u8(cbb + 48)}};
+    const uint8x16_t off = {0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3};
+    const float32x4_t va = vdupq_n_f32(a);
+    for (int h = 0; h < 2; h++) {
+        uint8x16_t b = vld1q_u8(p + 16 * h);
+        uint8x16x2_t z = vzipq_u8(vshrq_n_u8(b, 4), vandq_u8(b, vdupq_n_u8(15)));  // codes of 32 elements
+        for (int e = 0; e < 2; e++) {
+            uint8x16x2_t d = vzipq_u8(z.val[e], z.val[e]);  // each code twice
+            for (int f = 0; f < 2; f++) {
+                uint8x16x2_t q = vzipq_u8(d.val[f], d.val[f]);  // each code four times
+                for (int g = 0; g < 2; g++) {
+                    uint8x16_t idx = vaddq_u8(vshlq_n_u8(q.val[g], 2), off);
+                    float32x4_t v = vreinterpretq_f32_u8(vqtbl4q_u8(tb, idx));
+                    vst1q_f32(out + 32 * h + 16 * e + 8 * f + 4 * g, vmulq_f32(v, va));
+                }
+            }
+        }
     }
 #else
     for (int k = 0; k < NF4_BLOCK / 2; k++) {
