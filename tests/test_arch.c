@@ -282,7 +282,7 @@ static void run_ggq(const char *root) {
     float l_f = loss->data[0];
     tape_reset(t);
     double gerr = 0;
-    for (int i = 0; i < np; i++) gerr = fmax(gerr, rel_err(pq[i]->grad, pf[i]->grad, pq[i]->n));
+    for (int i = 0; i < np; i++) gerr = tu_worse(gerr, rel_err(pq[i]->grad, pf[i]->grad, pq[i]->n));
     snprintf(label, sizeof label, "ggq: loss %.6f vs %.6f, %d LoRA grads max rel err %.2e", l_q, l_f, np, gerr);
     CHECK(label, fabs(l_q - l_f) < TOL * fabs(l_f) && gerr < TOL, "tolerance %.0e", TOL);
 

@@ -215,7 +215,30 @@ done:
     st_close(ex);
 }
 
+// refcheck.h's rel_err follows the NaN rule: a NaN or an infinity planted on either side (or
+// the same infinity on both) gives +inf, failing `err < TOL`; the clean arrays pass.
+static void test_refcheck_nan_rule(void) {
+    float want[8] = {0.5f, -1.25f, 2.0f, 0.0f, 3.5f, -0.75f, 1e-3f, 4.0f}, got[8];
+    for (int i = 0; i < 8; i++) got[i] = want[i] * (1.0f + 1e-6f);
+    double clean = rel_err(got, want, 8);
+    const float bad[3] = {NAN, INFINITY, -INFINITY};
+    int fails = 1;
+    for (int k = 0; k < 3; k++)
+        for (int side = 0; side < 3; side++) {
+            float g[8], w[8];
+            memcpy(g, got, sizeof g);
+            memcpy(w, want, sizeof w);
+            if (side != 1) g[4] = bad[k];  // 0: ours, 1: the reference, 2: both
+            if (side != 0) w[4] = bad[k];
+            double err = rel_err(g, w, 8);
+            fails &= !(err < TOL) && !(err <= TOL);
+        }
+    CHECK("refcheck NaN rule: NaN / +inf / -inf on either or both sides fail rel_err, clean passes",
+          clean < TOL && fails, "clean %.3g; a planted value passed", clean);
+}
+
 int main(void) {
+    test_refcheck_nan_rule();
     if (!tu_have_torch()) {
         SKIP("reference vs PyTorch", "/usr/bin/python3 cannot import torch");
         return tu_exit();

@@ -48,14 +48,95 @@ static inline const char *tu_tmpdir(const char *name, char *buf, size_t n) {
     return buf;
 }
 
+// ---- comparing two computations of the same values ------------------------------------------
+// The rule every comparison follows: a NaN or an infinity on either side fails it. The error
+// helpers below return +inf then (never NaN), and a check written `err <= tol` or `err < tol`
+// fails on +inf and on NaN alike. (fmax(err, NaN) is err: a maximum kept with fmax silently
+// drops a NaN; use tu_worse.)
+
+// The larger of two errors, with a NaN counting as +inf (fmax would ignore it).
+static inline double tu_worse(double m, double e) {
+    if (isnan(m) || isnan(e)) return INFINITY;
+    return e > m ? e : m;
+}
+
+// Max relative error |a - b| / max(|a|, |b|, floor_); +inf when either side holds a NaN or an
+// infinity anywhere.
 static inline double tu_max_rel_err(const float *a, const float *b, long n, double floor_) {
+    if (!a || !b) return INFINITY;
     double m = 0;
     for (long i = 0; i < n; i++) {
+        if (!isfinite(a[i]) || !isfinite(b[i])) return INFINITY;
         double d = fabs((double)a[i] - (double)b[i]);
         double s = fmax(fmax(fabs((double)a[i]), fabs((double)b[i])), floor_);
-        if (d / s > m) m = d / s;
+        m = tu_worse(m, s > 0 ? d / s : (d > 0 ? INFINITY : 0));
     }
     return m;
+}
+
+// Tolerances derived from the length of the sums and the magnitudes of their terms.
+// Two fp32 computations of one sum of K terms (products) t_k — ours and OpenBLAS's, or ours
+// against a double reference — add in different orders (blocking, SIMD width, FMA), and each
+// rounding step errs by at most u = 2^-24 times a partial sum, itself at most Σ|t_k|. The
+// rounding errors are independent, so they grow like sqrt(K), not K (Higham & Mary, "A new
+// approach to probabilistic rounding error analysis", 2019):
+//     |got - want| <= TU_SUM_C · sqrt(K) · u · Σ_k |t_k|
+// TU_SUM_C = 4 covers both computations and the tail (a sequential sum of same-sign terms
+// errs by about sqrt(K/3) · u · Σ|t_k|; sums of mixed signs much less). The bound does not
+// depend on the CPU, and it still catches a real fault: one term missing (or counted twice, or
+// wrong) moves the sum by about Σ|t_k| / K, above the tolerance as long as
+// K^1.5 < 1 / (TU_SUM_C · u) = 4.2e6, i.e. K below ~26000 (the tests' sums are below 6000).
+#define TU_U32 5.9604644775390625e-8  // 2^-24, the unit roundoff of fp32
+#define TU_SUM_C 4.0
+
+static inline double tu_sum_tol(double K, double abs_sum) { return TU_SUM_C * sqrt(K) * TU_U32 * abs_sum; }
+
+// |got - want| / tol (pass: <= 1); +inf when either value is not finite, or when they differ
+// and tol is 0.
+static inline double tu_err_ratio(double got, double want, double tol) {
+    if (!isfinite(got) || !isfinite(want) || isnan(tol)) return INFINITY;
+    double d = fabs(got - want);
+    if (d == 0) return 0;
+    return tol > 0 ? d / tol : INFINITY;
+}
+
+// max_i |got[i] - want[i]| / tu_sum_tol(K, abs_sum[i]): got and want two computations of n sums
+// of K terms whose absolute values add up to abs_sum[i]. Pass: <= 1. +inf on a NaN or an
+// infinity on either side, or on a NULL array.
+static inline double tu_sum_err(const float *got, const float *want, const double *abs_sum, long n, double K) {
+    if (!got || !want || !abs_sum) return INFINITY;
+    double m = 0;
+    for (long i = 0; i < n; i++) m = tu_worse(m, tu_err_ratio(got[i], want[i], tu_sum_tol(K, abs_sum[i])));
+    return m;
+}
+
+// The absolute sums of the product C (M, N) = A (M, K) B (K, N), in double (malloc'd, NULL when
+// out of memory): S[i*N + j] = Σ_k |A(i,k)| |B(k,j)| (+ |c0[i*N + j]| when c0, the values the
+// product is added to, is given), where A(i,k) = a[i*ai + k*ak] and B(k,j) = b[k*bk + j*bj] —
+// strides, so that transposed operands need no copy by the caller.
+static inline double *tu_abs_matmul(const float *a, long ai, long ak, const float *b, long bk, long bj, long M,
+                                    long K, long N, const float *c0) {
+    float *at = malloc((size_t)(M * K) * sizeof(float)), *bt = malloc((size_t)(N * K) * sizeof(float));
+    double *s = malloc((size_t)(M * N) * sizeof(double));
+    if (!at || !bt || !s) {
+        free(at), free(bt), free(s);
+        return NULL;
+    }
+    for (long i = 0; i < M; i++)
+        for (long k = 0; k < K; k++) at[i * K + k] = fabsf(a[i * ai + k * ak]);
+    for (long j = 0; j < N; j++)
+        for (long k = 0; k < K; k++) bt[j * K + k] = fabsf(b[k * bk + j * bj]);
+#pragma omp parallel for collapse(2) schedule(static)
+    for (long i = 0; i < M; i++)
+        for (long j = 0; j < N; j++) {
+            const float *x = at + i * K, *y = bt + j * K;
+            double acc = c0 ? fabs((double)c0[i * N + j]) : 0.0;
+            for (long k = 0; k < K; k++) acc += (double)x[k] * y[k];
+            s[i * N + j] = acc;
+        }
+    free(at);
+    free(bt);
+    return s;
 }
 
 // llama.cpp's tokenizer test vectors: X.gguf.inp holds the strings, each followed by
