@@ -84,10 +84,11 @@ static Run run(Tape *t, const Case *c, Tensor *q, Tensor *k, Tensor *v, float *r
     return res;
 }
 
-// max |got - ref| / max |ref|
+// max |got - ref| / max |ref|; +inf when either side holds a NaN or an infinity
 static double rel_err(const float *got, const float *ref, int64_t n) {
     double m = 0, d = 0;
     for (int64_t i = 0; i < n; i++) {
+        if (!isfinite(got[i]) || !isfinite(ref[i])) return INFINITY;  // a NaN fails every check
         m = fmax(m, fabs((double)ref[i]));
         d = fmax(d, fabs((double)got[i] - (double)ref[i]));
     }
