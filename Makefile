@@ -20,8 +20,10 @@ MARCH    ?= $(if $(filter aarch64,$(ARCH)),-march=armv8-a,)
 endif
 # PORTABLE=1: a binary for any x86-64 (or aarch64) machine; the GEMM kernels for AVX2,
 # AVX-512 and AVX-512 BF16 are in it all the same and chosen at run time (lora info).
+# Its objects go to build-portable/ (unless BUILD is given), not over the native ones.
 ifeq ($(PORTABLE),1)
 MARCH    := $(if $(filter x86_64,$(ARCH)),-march=x86-64-v2 -mtune=generic,-march=armv8-a)
+BUILD    ?= build-portable
 endif
 MARCH    ?= -march=native
 SYSINC   := $(if $(SYSROOT),-I$(SYSROOT)/usr/include/$(MULTIARCH) -I$(SYSROOT)/usr/include)
