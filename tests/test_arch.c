@@ -178,7 +178,7 @@ static void run_variant(const char *root, const char *name) {
         snprintf(gpath, sizeof gpath, "%s/model.gguf", dir);
         if (!strcmp(name, "phi3")) {  // fused modules: part of a group is refused, by name
             LoraAdapter *bad = lora_new(m, 4, 8.0f, 1u << LT_Q, 0.0f, 0, 1, &e);
-            snprintf(label, sizeof label, "arch %s: q_proj alone is refused (%s)", name, bad ? "" : e.msg);
+            snprintf(label, sizeof label, "arch %s: q_proj alone is refused (%.300s)", name, bad ? "" : e.msg);
             CHECK(label, !bad && strstr(e.msg, "qkv_proj"), "got an adapter");
             lora_free(bad);
         }
