@@ -171,10 +171,11 @@ static double run_once(const GemmKernel *k, CalBufs *b) {
     return now_seconds() - t0;
 }
 
-// GFLOP/s of k: best of 2 to 5 runs after one warm-up (more while under 0.1 s)
-static double measure(const GemmKernel *k, CalBufs *b) {
-    double spent = run_once(k, b), best = 1e30;
-    for (int rep = 0; rep < 5 && (rep < 2 || spent < 0.1); rep++) {
+// GFLOP/s of k: best of 2 to 5 runs after one warm-up (more while under 0.1 s), fewer when the
+// deadline passes (on a slow CPU or an emulator, the warm-up alone)
+static double measure(const GemmKernel *k, CalBufs *b, double deadline) {
+    double spent = run_once(k, b), best = spent;
+    for (int rep = 0; rep < 5 && (rep < 2 || spent < 0.1) && now_seconds() < deadline; rep++) {
         double t = run_once(k, b);
         spent += t;
         if (t < best) best = t;
@@ -182,8 +183,8 @@ static double measure(const GemmKernel *k, CalBufs *b) {
     return 4.0 * CAL_M * CAL_C * CAL_OC / best / 1e9;
 }
 
-// read bandwidth: a parallel sum over 128 MiB, best of 3
-static double measure_bandwidth(void) {
+// read bandwidth: a parallel sum over 128 MiB, best of up to 3 passes (1 past the deadline)
+static double measure_bandwidth(double deadline) {
     const int64_t n = (int64_t)32 << 20;
     float *a = malloc((size_t)n * sizeof(float));
     if (!a) return 0;
@@ -191,7 +192,7 @@ static double measure_bandwidth(void) {
     for (int64_t i = 0; i < n; i++) a[i] = (float)(i & 7);
     double best = 1e30;
     volatile float sink = 0;
-    for (int rep = 0; rep < 3; rep++) {
+    for (int rep = 0; rep < 3 && (rep == 0 || now_seconds() < deadline); rep++) {
         double t0 = now_seconds();
         float s = 0;
 #pragma omp parallel for simd schedule(static) reduction(+ : s)
@@ -205,18 +206,45 @@ static double measure_bandwidth(void) {
     return (double)n * sizeof(float) / best / 1e9;
 }
 
+// uniform in [-scale, scale) from a 64-bit LCG (cheap: the setup counts against the budget)
+static float lcg_uniform(uint64_t *s, float scale) {
+    *s = *s * 6364136223846793005ull + 1442695040888963407ull;
+    return scale * ((float)(*s >> 40) / 8388608.0f - 1.0f);
+}
+
+// The candidates in the order they are measured: the vector variants, widest first (the likely
+// winners, measured before a deadline can cut the list), then OpenBLAS, then the portable fp32
+// variant where no vector one runs (elsewhere it is only their reference; bf16-c always is).
+static int candidates(const GemmKernel **out, int max) {
+    int n = 0, vec_f32 = 0;
+    for (int lvl = 3; lvl >= 1; lvl--)
+        for (int i = 0; qg_kernels[i]; i++) {
+            const GemmKernel *k = qg_kernels[i];
+            if (isa_level(k->isa) != lvl || !gemm_kernel_usable(k) || n >= max - 2) continue;
+            out[n++] = k;
+            vec_f32 |= !k->bf16;
+        }
+    out[n++] = NULL;  // OpenBLAS
+    for (int i = 0; qg_kernels[i] && !vec_f32; i++)
+        if (!strcmp(qg_kernels[i]->isa, "c") && !qg_kernels[i]->bf16 && n < max) out[n++] = qg_kernels[i];
+    return n;
+}
+
+// Measures every candidate, within CAL_BUDGET seconds (setup included) where the CPU allows:
+// past it, the candidates not yet measured are left out (kc->cut) and the bandwidth gets one pass.
+#define CAL_BUDGET 1.0
 static int calibrate(KernelChoice *kc) {
+    const double deadline = now_seconds() + CAL_BUDGET;
     CalBufs b = {0};
-    Rng r;
-    rng_seed(&r, 7);
+    uint64_t seed = 7;
     float *w = malloc((size_t)CAL_OC * CAL_C * sizeof(float));
     b.x = malloc((size_t)CAL_M * CAL_C * sizeof(float));
     b.y = malloc((size_t)CAL_M * CAL_OC * sizeof(float));
     b.dx = malloc((size_t)CAL_M * CAL_C * sizeof(float));
     int ok = w && b.x && b.y && b.dx;
     if (ok) {
-        for (int64_t i = 0; i < (int64_t)CAL_OC * CAL_C; i++) w[i] = 0.02f * rng_normal(&r);
-        for (int64_t i = 0; i < (int64_t)CAL_M * CAL_C; i++) b.x[i] = rng_normal(&r);
+        for (int64_t i = 0; i < (int64_t)CAL_OC * CAL_C; i++) w[i] = lcg_uniform(&seed, 0.04f);
+        for (int64_t i = 0; i < (int64_t)CAL_M * CAL_C; i++) b.x[i] = lcg_uniform(&seed, 1.0f);
         ok = nf4_quantize(w, CAL_OC, CAL_C, "calibration", &b.w, NULL) == 0;
     }
     free(w);
@@ -226,17 +254,17 @@ static int calibrate(KernelChoice *kc) {
         ok = b.qscr && b.gscr;
     }
     if (ok) {
+        const GemmKernel *cand[KC_MAX_CAND];
+        int nc = candidates(cand, KC_MAX_CAND);
         kc->n_cand = 0;
-        kc->cand[kc->n_cand++] = (KernelCand){NULL, measure(NULL, &b)};
-        int vec_f32 = 0;  // a vector fp32 variant runs here: the portable one is its reference only
-        for (int i = 0; qg_kernels[i]; i++)
-            vec_f32 |= !qg_kernels[i]->bf16 && strcmp(qg_kernels[i]->isa, "c") && gemm_kernel_usable(qg_kernels[i]);
-        for (int i = 0; qg_kernels[i] && kc->n_cand < KC_MAX_CAND; i++) {
-            const GemmKernel *k = qg_kernels[i];
-            if (!gemm_kernel_usable(k) || (!strcmp(k->isa, "c") && (k->bf16 || vec_f32))) continue;
-            kc->cand[kc->n_cand++] = (KernelCand){k, measure(k, &b)};
+        for (int i = 0; i < nc; i++) {
+            if (i > 0 && now_seconds() > deadline) {
+                kc->cut = nc - i;
+                break;
+            }
+            kc->cand[kc->n_cand++] = (KernelCand){cand[i], measure(cand[i], &b, deadline)};
         }
-        kc->mem_gbs = measure_bandwidth();
+        kc->mem_gbs = measure_bandwidth(deadline);
     }
     if (b.w.packed) nf4_free(&b.w);
     free(b.x);
@@ -266,7 +294,7 @@ static void decide(KernelChoice *kc) {
 static void cache_key(char *key, size_t n, int threads) {
     CpuInfo ci;
     cpu_info(&ci);
-    int o = snprintf(key, n, "lora-kernels v2|%s|%s|%d.%d|%s|%s|threads %d|isa cap %d|openblas %s|", ci.arch,
+    int o = snprintf(key, n, "lora-kernels v3|%s|%s|%d.%d|%s|%s|threads %d|isa cap %d|openblas %s|", ci.arch,
                      ci.vendor, ci.family, ci.model_id, ci.model, ci.flags, threads, isa_cap(), openblas_get_corename());
     for (int i = 0; qg_kernels[i] && o > 0 && (size_t)o < n; i++)
         o += snprintf(key + o, n - (size_t)o, "%s%s", qg_kernels[i]->name, gemm_kernel_usable(qg_kernels[i]) ? "+" : "-");
@@ -313,6 +341,8 @@ static int cache_read(KernelChoice *kc, const char *key) {
                 kc->cand[kc->n_cand++] = (KernelCand){k, v};
         } else if (sscanf(line, "mem %lf", &v) == 1) {
             kc->mem_gbs = v;
+        } else if (sscanf(line, "cut %lf", &v) == 1) {
+            kc->cut = (int)v;
         }
     }
     fclose(f);
@@ -333,7 +363,7 @@ static void cache_write(const KernelChoice *kc, const char *key) {
     for (int i = 0; i < kc->n_cand && o > 0 && (size_t)o < sizeof buf; i++)
         o += snprintf(buf + o, sizeof buf - (size_t)o, "cand %s %.2f\n", gemm_kernel_name(kc->cand[i].k),
                       kc->cand[i].gflops);
-    if (o > 0 && (size_t)o < sizeof buf) o += snprintf(buf + o, sizeof buf - (size_t)o, "mem %.2f\n", kc->mem_gbs);
+    if (o > 0 && (size_t)o < sizeof buf) o += snprintf(buf + o, sizeof buf - (size_t)o, "mem %.2f\ncut %d\n", kc->mem_gbs, kc->cut);
     if (o > 0 && (size_t)o < sizeof buf) write_file_atomic(kc->cache_path, buf, (size_t)o, NULL);
 }
 

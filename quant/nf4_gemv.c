@@ -14,6 +14,8 @@
 #include <omp.h>
 #ifdef __AVX512F__
 #include <immintrin.h>
+#elif defined(__aarch64__)
+#include <arm_neon.h>
 #endif
 
 #define GEMV_PAR_MIN 32768  // weights: smaller matrices run on the calling thread
@@ -83,6 +85,41 @@ static inline __attribute__((always_inline)) void gemv_row(const Nf4Matrix *w, i
     for (int i = 0; i < G; i++)
         out[i] = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(acc[i][0], acc[i][1]),
                                                     _mm512_add_ps(acc[i][2], acc[i][3])));
+#elif defined(__aarch64__)
+    // NEON: the codebook scaled by the block's absmax is a 64-byte table; each code c becomes
+    // the byte indices 4c .. 4c+3 of its float (tbl): 16 lookups of 4 weights per block
+    const float *cb = nf4_codebook();
+    const float32x4_t cb0 = vld1q_f32(cb), cb1 = vld1q_f32(cb + 4), cb2 = vld1q_f32(cb + 8), cb3 = vld1q_f32(cb + 12);
+    const uint8x16_t off = {0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3};
+    float32x4_t acc[GEMV_G][4];
+    for (int i = 0; i < G; i++)
+        for (int q = 0; q < 4; q++) acc[i][q] = vdupq_n_f32(0.0f);
+    for (int64_t k = 0; k < nbr; k++) {
+        if (am_next) am_next[k] = gemv_absmax(w, bn + k);
+        const float32x4_t va = vdupq_n_f32(am[k]);
+        const uint8x16x4_t tb = {{vreinterpretq_u8_f32(vmulq_f32(cb0, va)), vreinterpretq_u8_f32(vmulq_f32(cb1, va)),
+                                  vreinterpretq_u8_f32(vmulq_f32(cb2, va)), vreinterpretq_u8_f32(vmulq_f32(cb3, va))}};
+        for (int h = 0; h < 2; h++) {
+            const uint8x16_t b = vld1q_u8(p + 32 * k + 16 * h);
+            // xr order: the 16 high nibbles against xr[32h ..], the 16 low ones against xr[32h + 16 ..]
+            const uint8x16_t codes[2] = {vshrq_n_u8(b, 4), vandq_u8(b, vdupq_n_u8(15))};
+            for (int e = 0; e < 2; e++) {
+                uint8x16x2_t d = vzipq_u8(codes[e], codes[e]);
+                for (int f = 0; f < 2; f++) {
+                    uint8x16x2_t qd = vzipq_u8(d.val[f], d.val[f]);
+                    for (int g = 0; g < 2; g++) {
+                        const float32x4_t v =
+                            vreinterpretq_f32_u8(vqtbl4q_u8(tb, vaddq_u8(vshlq_n_u8(qd.val[g], 2), off)));
+                        const int o = 32 * h + 16 * e + 8 * f + 4 * g;
+                        for (int i = 0; i < G; i++)
+                            acc[i][2 * f + g] = vfmaq_f32(acc[i][2 * f + g], v, vld1q_f32(xr + i * C + k * NF4_BLOCK + o));
+                    }
+                }
+            }
+        }
+    }
+    for (int i = 0; i < G; i++)
+        out[i] = vaddvq_f32(vaddq_f32(vaddq_f32(acc[i][0], acc[i][1]), vaddq_f32(acc[i][2], acc[i][3])));
 #else
     const float *cb = nf4_codebook();
     for (int i = 0; i < G; i++) out[i] = 0.0f;

@@ -10,6 +10,8 @@
 #include <string.h>
 #ifdef __AVX512F__
 #include <immintrin.h>
+#elif defined(__aarch64__)
+#include <arm_neon.h>
 #endif
 
 // Fused kernels: W is dequantized one row segment of FUSED_SEG columns at a time into a
@@ -59,6 +61,13 @@ static float dot_f32(const float *a, const float *b, int64_t n) {
         s1 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i + 16), _mm512_loadu_ps(b + i + 16), s1);
     }
     s = _mm512_reduce_add_ps(_mm512_add_ps(s0, s1));
+#elif defined(__aarch64__)
+    float32x4_t v[8];
+    for (int k = 0; k < 8; k++) v[k] = vdupq_n_f32(0.0f);
+    for (; i + 32 <= n; i += 32)
+        for (int k = 0; k < 8; k++) v[k] = vfmaq_f32(v[k], vld1q_f32(a + i + 4 * k), vld1q_f32(b + i + 4 * k));
+    s = vaddvq_f32(vaddq_f32(vaddq_f32(vaddq_f32(v[0], v[1]), vaddq_f32(v[2], v[3])),
+                             vaddq_f32(vaddq_f32(v[4], v[5]), vaddq_f32(v[6], v[7]))));
 #else
     float p[32] = {0};
     for (; i + 32 <= n; i += 32)

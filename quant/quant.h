@@ -291,9 +291,10 @@ typedef struct {
     double seconds;           // calibration time (0 when read from the cache)
     int from_cache;           // 1: read from cache_path
     int forced;               // 1: LORA_KERNEL chose, nothing measured
+    int cut;                  // candidates left unmeasured: the 1 s budget ran out (slow CPU, emulator)
     char cache_path[600];     // "" when no cache directory can be used
 } KernelChoice;
-// The kernels for the current thread count: measured once per process (≤ 1 s) or read from
+// The kernels for the current thread count: measured once (within about 1 s) or read from
 // the cache ($XDG_CACHE_HOME/lora/ or ~/.cache/lora/, keyed by the CPU model, its flags, the
 // thread count and the kernels of this build); never needed for correctness — every variant
 // computes the same product. LORA_KERNEL=NAME (a gemm_kernel_name or "openblas") forces the

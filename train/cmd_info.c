@@ -83,6 +83,7 @@ int cmd_info(int argc, char **argv) {
     printf("            (bf16 is taken by auto only when it measures %.0f%% faster than fp32)\n",
            (KC_BF16_MARGIN - 1.0) * 100.0);
     if (kc->mem_gbs > 0) printf("memory:     %.1f GB/s read (%d threads)\n", kc->mem_gbs, kc->threads);
+    if (kc->cut) printf("            (%d more variants not measured: the 1 s calibration budget ran out)\n", kc->cut);
     if (kc->seconds > 0) printf("calibrated in %.2f s\n", kc->seconds);
     const char *obenv = getenv("OPENBLAS_CORETYPE"), *fix = openblas_coretype_fix();
     const char *ours = getenv("LORA_OPENBLAS_CORETYPE");  // set by main's start-up re-exec
