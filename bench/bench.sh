@@ -105,7 +105,7 @@ table() {
     local ref_tok=$(awk -v a="$t32" -v b="$t16" 'BEGIN{ if (a == "" && b == "") print ""; else print (a + 0 > b + 0 ? a : b) }')
     echo
     echo "$label   (useful work per step: ${flop:-?} GFLOP)"
-    printf '  %-34s %10s %10s %10s %12s %14s\n' configuration "tok/s" "s/step" "GFLOP/s" "peak RSS MB" "vs torch best"
+    printf '  %-40s %10s %10s %10s %12s %14s\n' configuration "tok/s" "s/step" "GFLOP/s" "peak RSS MB" "vs torch best"
     for c in nf4 nf4nc nf4f32 none torch.fp32 torch.bf16; do
         local line=${R[$p.$c]:-}
         local name
@@ -119,13 +119,13 @@ table() {
         esac
         [ "$c" = nf4f32 ] && [ -z "$line" ] && continue
         if [ -z "$line" ] || [[ $line == failed* ]]; then
-            printf '  %-34s %s\n' "$name" "${line:-not run}"
+            printf '  %-40s %s\n' "$name" "${line:-not run}"
             continue
         fi
         local tok=$(kv "$line" tok_s) st=$(kv "$line" step_s) rss=$(kv "$line" peak_rss_mb)
         local gf=$(awk -v f="$flop" -v s="$st" 'BEGIN{ if (f == "") print ""; else printf "%.1f", f / s }')
         local ratio=$(awk -v a="$tok" -v b="$ref_tok" 'BEGIN{ if (b == "" || b == 0) print "-"; else printf "%.2fx", a / b }')
-        printf '  %-34s %10s %10s %10s %12s %14s\n' "$name" "$(fmt "$tok" %.1f)" "$(fmt "$st" %.2f)" "${gf:--}" "$(fmt "$rss" %.0f)" "$ratio"
+        printf '  %-40s %10s %10s %10s %12s %14s\n' "$name" "$(fmt "$tok" %.1f)" "$(fmt "$st" %.2f)" "${gf:--}" "$(fmt "$rss" %.0f)" "$ratio"
     done
 }
 
@@ -217,6 +217,7 @@ fi
 echo
 echo "machine peak before: $PEAK_BEFORE"
 echo "machine peak after:  $(peak)"
-echo "lora.c: bf16 compute (AVX-512 BF16, fp32 accumulation) where the CPU has it; gradient checkpointing on"
-echo "  (the default) unless the row says otherwise"
-echo "targets: lora.c nf4 tok/s >= 1.3x torch bf16 autocast at both shapes; TinyLlama nf4 seq 1024 peak RSS <= 1536 MB"
+echo "lora.c: --compute-dtype auto (the kernel in brackets: the fastest measured on this CPU, see lora info above);"
+echo "  gradient checkpointing on (the default) unless the row says otherwise"
+echo "targets: lora.c nf4 tok/s >= 1.3x torch's best (fp32 or bf16 autocast) at the SmolLM2 and TinyLlama seq-256 shapes,"
+echo "  peak RSS <= 25% of torch's; TinyLlama nf4 seq 1024 peak RSS <= 1536 MB"

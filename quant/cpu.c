@@ -276,26 +276,50 @@ static int calibrate(KernelChoice *kc) {
 }
 
 static void decide(KernelChoice *kc) {
-    double f32 = -1, bf = -1;
+    double own = -1, blas = -1, bf = -1;
+    const GemmKernel *own_k = NULL;
     kc->fp32 = kc->bf16 = NULL;
     for (int i = 0; i < kc->n_cand; i++) {
         const KernelCand *c = &kc->cand[i];
         if (gemm_kernel_bf16(c->k)) {
             if (c->gflops > bf) bf = c->gflops, kc->bf16 = c->k;
-        } else if (c->gflops > f32) {
-            f32 = c->gflops, kc->fp32 = c->k;
+        } else if (!c->k) {
+            blas = c->gflops;
+        } else if (c->gflops > own) {
+            own = c->gflops, own_k = c->k;
         }
     }
+    // OpenBLAS only when clearly faster than our own fp32 variant: ours also fuses the LoRA
+    // term into the frozen matmul's pass and takes the lm_head in one call, which the isolated
+    // shape does not show
+    int use_blas = blas > 0 && (!own_k || blas > KC_OWN_MARGIN * own);
+    kc->fp32 = use_blas ? NULL : own_k;
+    double f32 = use_blas ? blas : own;
     kc->best = kc->bf16 && bf >= KC_BF16_MARGIN * f32 ? kc->bf16 : kc->fp32;
 }
 
 // ---- the cache ----------------------------------------------------------------------------
 
+// What the build's -march gave every function (the dequantization the calibration includes
+// runs at that level): part of the cache key.
+static const char *build_level(void) {
+#if defined(__AVX512F__)
+    return "avx512";
+#elif defined(__AVX2__)
+    return "avx2";
+#elif defined(__SSE4_2__)
+    return "sse4.2";
+#else
+    return "base";
+#endif
+}
+
 static void cache_key(char *key, size_t n, int threads) {
     CpuInfo ci;
     cpu_info(&ci);
-    int o = snprintf(key, n, "lora-kernels v3|%s|%s|%d.%d|%s|%s|threads %d|isa cap %d|openblas %s|", ci.arch,
-                     ci.vendor, ci.family, ci.model_id, ci.model, ci.flags, threads, isa_cap(), openblas_get_corename());
+    int o = snprintf(key, n, "lora-kernels v3|%s|%s|%d.%d|%s|%s|threads %d|isa cap %d|openblas %s|build %s|", ci.arch,
+                     ci.vendor, ci.family, ci.model_id, ci.model, ci.flags, threads, isa_cap(), openblas_get_corename(),
+                     build_level());
     for (int i = 0; qg_kernels[i] && o > 0 && (size_t)o < n; i++)
         o += snprintf(key + o, n - (size_t)o, "%s%s", qg_kernels[i]->name, gemm_kernel_usable(qg_kernels[i]) ? "+" : "-");
 }

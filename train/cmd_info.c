@@ -17,6 +17,8 @@ static const char *build_baseline(void) {
     return "avx512f";
 #elif defined(__AVX2__)
     return "avx2";
+#elif defined(__SSE4_2__)
+    return "x86-64-v2";
 #elif defined(__x86_64__)
     return "x86-64";
 #elif defined(__aarch64__)
@@ -75,13 +77,14 @@ int cmd_info(int argc, char **argv) {
     }
     for (int i = 0; i < gemm_kernel_count(); i++) {
         const GemmKernel *g = gemm_kernel_at(i);
-        if (!gemm_kernel_usable(g)) printf("  %-12s %-11s   not usable on this CPU\n", gemm_kernel_name(g), gemm_kernel_isa(g));
+        if (!gemm_kernel_usable(g)) printf("  %-12s %-11s   not usable here (the CPU lacks it, or LORA_ISA)\n", gemm_kernel_name(g), gemm_kernel_isa(g));
     }
     printf("chosen:     --compute-dtype auto -> %s; fp32 -> %s; bf16 -> %s\n", gemm_kernel_name(compute_gemm(COMPUTE_AUTO)),
            gemm_kernel_name(compute_gemm(COMPUTE_FP32)),
            kc->bf16 ? gemm_kernel_name(kc->bf16) : "none (fp32 is used)");
-    printf("            (bf16 is taken by auto only when it measures %.0f%% faster than fp32)\n",
-           (KC_BF16_MARGIN - 1.0) * 100.0);
+    printf("            (bf16 is taken by auto only when it measures %.0f%% faster than fp32, OpenBLAS over\n"
+           "            our fp32 kernels only when %.0f%% faster: ours also fuse the LoRA term and the lm_head)\n",
+           (KC_BF16_MARGIN - 1.0) * 100.0, (KC_OWN_MARGIN - 1.0) * 100.0);
     if (kc->mem_gbs > 0) printf("memory:     %.1f GB/s read (%d threads)\n", kc->mem_gbs, kc->threads);
     if (kc->cut) printf("            (%d more variants not measured: the 1 s calibration budget ran out)\n", kc->cut);
     if (kc->seconds > 0) printf("calibrated in %.2f s\n", kc->seconds);
