@@ -300,17 +300,21 @@ static void decide(KernelChoice *kc) {
 
 // ---- the cache ----------------------------------------------------------------------------
 
-// What the build's -march gave every function (the dequantization the calibration includes
-// runs at that level): part of the cache key.
-static const char *build_level(void) {
-#if defined(__AVX512F__)
-    return "avx512";
+const char *build_isa_level(void) {
+#if defined(__AVX512BF16__)
+    return "avx512bf16";
+#elif defined(__AVX512F__)
+    return "avx512f";
 #elif defined(__AVX2__)
-    return "avx2";
+    return "x86-64-v3";
 #elif defined(__SSE4_2__)
-    return "sse4.2";
+    return "x86-64-v2";
+#elif defined(__x86_64__)
+    return "x86-64";
+#elif defined(__aarch64__)
+    return "armv8-a";
 #else
-    return "base";
+    return "generic";
 #endif
 }
 
@@ -319,7 +323,7 @@ static void cache_key(char *key, size_t n, int threads) {
     cpu_info(&ci);
     int o = snprintf(key, n, "lora-kernels v3|%s|%s|%d.%d|%s|%s|threads %d|isa cap %d|openblas %s|build %s|", ci.arch,
                      ci.vendor, ci.family, ci.model_id, ci.model, ci.flags, threads, isa_cap(), openblas_get_corename(),
-                     build_level());
+                     build_isa_level());
     for (int i = 0; qg_kernels[i] && o > 0 && (size_t)o < n; i++)
         o += snprintf(key + o, n - (size_t)o, "%s%s", qg_kernels[i]->name, gemm_kernel_usable(qg_kernels[i]) ? "+" : "-");
 }

@@ -274,6 +274,9 @@ typedef struct {
     int avx2, fma, avx512, avx512bf16, neon;
 } CpuInfo;
 void cpu_info(CpuInfo *ci);
+// What this build's -march gave every function ("x86-64-v3", "avx512bf16", "armv8-a"): the
+// level of the code outside the run-time dispatched kernels.
+const char *build_isa_level(void);
 
 #define KC_MAX_CAND 8
 typedef struct {

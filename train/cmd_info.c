@@ -9,25 +9,6 @@
 #include "quant/quant.h"
 #include "train/train.h"
 
-// What this build was compiled for (-march): the baseline every function may assume.
-static const char *build_baseline(void) {
-#if defined(__AVX512BF16__)
-    return "avx512bf16";
-#elif defined(__AVX512F__)
-    return "avx512f";
-#elif defined(__AVX2__)
-    return "avx2";
-#elif defined(__SSE4_2__)
-    return "x86-64-v2";
-#elif defined(__x86_64__)
-    return "x86-64";
-#elif defined(__aarch64__)
-    return "armv8-a";
-#else
-    return "generic";
-#endif
-}
-
 int cmd_info(int argc, char **argv) {
     CliFlag f[] = {{"threads", 0, 0}, {"recalibrate", 0, 1}, {"openblas-coretype", 0, 1}};
     const int nf = sizeof f / sizeof f[0];
@@ -46,7 +27,7 @@ int cmd_info(int argc, char **argv) {
     if (!strcmp(ci.arch, "x86_64")) printf(", %s family %d model %d", ci.vendor, ci.family, ci.model_id);
     printf(")\n");
     printf("isa:        %s\n", ci.flags[0] ? ci.flags : "(none of interest)");
-    printf("build:      compiled for %s; kernel variants:", build_baseline());
+    printf("build:      compiled for %s; kernel variants:", build_isa_level());
     for (int i = 0; i < gemm_kernel_count(); i++) printf(" %s", gemm_kernel_name(gemm_kernel_at(i)));
     printf("\n");
     const char *cap = getenv("LORA_ISA"), *force = getenv("LORA_KERNEL");
