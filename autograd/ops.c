@@ -11,7 +11,7 @@
 #include "autograd/autograd.h"
 #include "autograd/internal.h"
 #include "quant/quant.h"
-#ifdef __AVX512F__
+#if defined(__AVX512F__) || defined(__x86_64__)
 #include <immintrin.h>
 #endif
 
@@ -892,7 +892,11 @@ static void attention_backward(Tape *t, float *dq, float *dk, float *dv, const f
 // to 16 columns or one pair (AttBand): the masked triangle of a causal block is mostly skipped.
 // Pads are zeros (0 · anything finite). Every output element is computed by one thread in a
 // fixed order, so results do not depend on the thread count.
-#if defined(__AVX512BF16__) && defined(__AVX512BW__)
+// These kernels are compiled for AVX-512 BF16 whatever the build's -march (a target region):
+// op_attention runs them only with a bf16 tape_gemm, which only a CPU with AVX-512 BF16 gets.
+#if defined(__x86_64__)
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512dq,avx512vl,avx512bf16,fma")
 #define ATT_BF16 1
 #define ATT_MR 6  // rows of A per micro-kernel
 #define ATT_NV 4  // vectors of 16 columns of B per micro-kernel (6 × 4 accumulators)
@@ -900,7 +904,9 @@ static void attention_backward(Tape *t, float *dq, float *dk, float *dv, const f
 static int64_t att_round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
 // lanes [0, n) of 16, n <= 0 -> none
-static inline __mmask16 att_mask(int64_t n) { return n <= 0 ? 0 : tail_mask(n); }
+static inline __mmask16 att_mask(int64_t n) {
+    return n <= 0 ? 0 : n >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << n) - 1);
+}
 
 // x (n) -> 16 words c: (bf16(mul·x[2c]), bf16(mul·x[2c+1])), the values past n zero
 static inline __m512i att_words(const float *x, int64_t n, __m512 mul) {
@@ -1332,11 +1338,14 @@ static void attention_backward_bf16(Tape *t, float *dq, float *dk, float *dv, co
         }
     if (G > 1) attention_sum_groups(dk, dv, dkh, dvh, B, Tk, KVH, G, D);
 }
+#pragma GCC pop_options
 #endif
 
 int op_attention_has_bf16(void) {
 #ifdef ATT_BF16
-    return 1;
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512bf16") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
 #else
     return 0;
 #endif
@@ -1371,7 +1380,7 @@ static Tensor *op_attention_run(Tape *t, Tensor *q, Tensor *k, Tensor *v, int64_
     float *stats = n ? tape_alloc(t, (size_t)(B * H * Tq * 2) * sizeof(float)) : NULL;
     int bf16 = 0;
 #ifdef ATT_BF16
-    bf16 = tape_compute_bf16(t);
+    bf16 = tape_compute_bf16(t) && op_attention_has_bf16();  // (bf16-c, say, on another CPU: fp32 here)
     if (bf16)
         attention_forward_bf16(t, out->data, stats, q->data, k->data, v->data, B, Tq, Tk, H, KVH, D, window);
 #endif
