@@ -220,14 +220,18 @@ static const float *weight_rows(Tape *t, const Weight *w, int64_t r0, int64_t nr
 }
 
 // x (N,C), w (OC,C) bf16 -> out (N,OC), N <= BF16_GEMV_MAX_N: each row of w is read once and
-// converted in registers (decoding through a bf16 lm_head).
-static void bf16_gemv(float *out, const float *x, const uint16_t *w, int64_t N, int64_t OC, int64_t C) {
+// converted in registers (decoding through a bf16 lm_head). Two versions: AVX-512 (compiled
+// for it whatever -march, a target region, taken when the CPU has it) and portable C (16
+// partial sums per row of x, bf16 -> fp32 as a shift: the compiler vectorizes it).
+#if defined(__x86_64__)
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512dq,avx512vl,fma")
+static void bf16_gemv_z(float *out, const float *x, const uint16_t *w, int64_t N, int64_t OC, int64_t C) {
 #pragma omp parallel for schedule(static) if (OC * C >= 32768)
     for (int64_t r = 0; r < OC; r++) {
         const uint16_t *wr = w + r * C;
         float acc[BF16_GEMV_MAX_N] = {0};
         int64_t c = 0;
-#ifdef __AVX512F__
         __m512 va[BF16_GEMV_MAX_N];
         for (int64_t n = 0; n < N; n++) va[n] = _mm512_setzero_ps();
         for (; c + 16 <= C; c += 16) {
@@ -236,12 +240,42 @@ static void bf16_gemv(float *out, const float *x, const uint16_t *w, int64_t N, 
             for (int64_t n = 0; n < N; n++) va[n] = _mm512_fmadd_ps(wv, _mm512_loadu_ps(x + n * C + c), va[n]);
         }
         for (int64_t n = 0; n < N; n++) acc[n] = _mm512_reduce_add_ps(va[n]);
-#endif
         for (; c < C; c++) {
             float wc = bf16_to_f32(wr[c]);
             for (int64_t n = 0; n < N; n++) acc[n] += wc * x[n * C + c];
         }
         for (int64_t n = 0; n < N; n++) out[n * OC + r] = acc[n];
+    }
+}
+#pragma GCC pop_options
+#endif
+
+static void bf16_gemv(float *out, const float *x, const uint16_t *w, int64_t N, int64_t OC, int64_t C) {
+#if defined(__x86_64__)
+    if (cpu_isa_usable("avx512f")) {
+        bf16_gemv_z(out, x, w, N, OC, C);
+        return;
+    }
+#endif
+#pragma omp parallel for schedule(static) if (OC * C >= 32768)
+    for (int64_t r = 0; r < OC; r++) {
+        const uint16_t *wr = w + r * C;
+        float part[BF16_GEMV_MAX_N][16] = {{0}};
+        int64_t c = 0;
+        for (; c + 16 <= C; c += 16)
+            for (int64_t n = 0; n < N; n++)
+                for (int j = 0; j < 16; j++) {
+                    uint32_t u = (uint32_t)wr[c + j] << 16;
+                    float wc;
+                    memcpy(&wc, &u, sizeof wc);
+                    part[n][j] += wc * x[n * C + c + j];
+                }
+        for (int64_t n = 0; n < N; n++) {
+            float acc = 0.0f;
+            for (int j = 0; j < 16; j++) acc += part[n][j];
+            for (int64_t k = c; k < C; k++) acc += bf16_to_f32(wr[k]) * x[n * C + k];
+            out[n * OC + r] = acc;
+        }
     }
 }
 
@@ -1343,9 +1377,7 @@ static void attention_backward_bf16(Tape *t, float *dq, float *dk, float *dv, co
 
 int op_attention_has_bf16(void) {
 #ifdef ATT_BF16
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx512bf16") && __builtin_cpu_supports("avx512bw") &&
-           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
+    return cpu_isa_usable("avx512bf16");
 #else
     return 0;
 #endif

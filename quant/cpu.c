@@ -140,6 +140,24 @@ static int isa_cap(void) {
     return l < 0 ? 99 : l;  // an unknown value caps nothing (lora info reports it)
 }
 
+int cpu_isa_usable(const char *isa) {
+    int lvl = isa_level(isa);
+    if (lvl < 0 || lvl > isa_cap()) return 0;
+#if defined(__x86_64__)
+    __builtin_cpu_init();
+    int z = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+            __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl");
+    if (lvl == 3) return z && __builtin_cpu_supports("avx512bf16");
+    if (lvl == 2) return z;
+    if (lvl == 1) return strcmp(isa, "neon") && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    return 1;
+#elif defined(__aarch64__)
+    return lvl == 0 || !strcmp(isa, "neon");
+#else
+    return lvl == 0;
+#endif
+}
+
 int gemm_kernel_usable(const GemmKernel *g) {
     if (!g) return 1;  // OpenBLAS
     return g->usable() && isa_level(g->isa) <= isa_cap();

@@ -12,7 +12,7 @@
 #include "quant/quant.h"
 
 #include <omp.h>
-#ifdef __AVX512F__
+#if defined(__x86_64__)
 #include <immintrin.h>
 #elif defined(__aarch64__)
 #include <arm_neon.h>
@@ -55,37 +55,7 @@ static inline __attribute__((always_inline)) void gemv_row(const Nf4Matrix *w, i
                                                            int G, const float *am, float *am_next, float *out) {
     const int64_t C = w->cols, nbr = C / NF4_BLOCK, bn = (r + 1) * nbr;
     const uint8_t *p = w->packed + r * (C / 2);
-#ifdef __AVX512F__
-    const __m512 cb = _mm512_loadu_ps(nf4_codebook());
-    // 4 accumulators per row of x (one per 16-lane quarter of a block): short dependency
-    // chains, so consecutive blocks overlap
-    __m512 acc[GEMV_G][4];
-    for (int i = 0; i < G; i++)
-        for (int q = 0; q < 4; q++) acc[i][q] = _mm512_setzero_ps();
-    for (int64_t k = 0; k < nbr; k++) {
-        if (am_next) am_next[k] = gemv_absmax(w, bn + k);
-        // the codebook scaled by this block's absmax, then looked up: v = nf4[code] · absmax
-        const __m512 cbs = _mm512_mul_ps(cb, _mm512_set1_ps(am[k]));
-        _mm_prefetch((const char *)(p + 32 * k + GEMV_PREFETCH), _MM_HINT_T0);
-        __m512i c0 = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(p + 32 * k)));
-        __m512i c1 = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(p + 32 * k + 16)));
-        // the permute reads only the low 4 bits of each index: c is its own low nibble
-        __m512 v0 = _mm512_permutexvar_ps(_mm512_srli_epi32(c0, 4), cbs);
-        __m512 v1 = _mm512_permutexvar_ps(c0, cbs);
-        __m512 v2 = _mm512_permutexvar_ps(_mm512_srli_epi32(c1, 4), cbs);
-        __m512 v3 = _mm512_permutexvar_ps(c1, cbs);
-        for (int i = 0; i < G; i++) {
-            const float *xi = xr + i * C + k * NF4_BLOCK;
-            acc[i][0] = _mm512_fmadd_ps(v0, _mm512_loadu_ps(xi), acc[i][0]);
-            acc[i][1] = _mm512_fmadd_ps(v1, _mm512_loadu_ps(xi + 16), acc[i][1]);
-            acc[i][2] = _mm512_fmadd_ps(v2, _mm512_loadu_ps(xi + 32), acc[i][2]);
-            acc[i][3] = _mm512_fmadd_ps(v3, _mm512_loadu_ps(xi + 48), acc[i][3]);
-        }
-    }
-    for (int i = 0; i < G; i++)
-        out[i] = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(acc[i][0], acc[i][1]),
-                                                    _mm512_add_ps(acc[i][2], acc[i][3])));
-#elif defined(__aarch64__)
+#if defined(__aarch64__)
     // NEON: the codebook scaled by the block's absmax is a 64-byte table; each code c becomes
     // the byte indices 4c .. 4c+3 of its float (tbl): 16 lookups of 4 weights per block
     const float *cb = nf4_codebook();
@@ -151,6 +121,60 @@ static void gemv_row_n(const Nf4Matrix *w, int64_t r, const float *xr, int G, co
     }
 }
 
+// The AVX-512 kernel, compiled for AVX-512 whatever the build's -march (a target region) and
+// taken when the CPU has it (nf4_gemv): a portable binary decodes at the same speed.
+#if defined(__x86_64__)
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512dq,avx512vl,fma")
+static inline __attribute__((always_inline)) void gemv_row_z(const Nf4Matrix *w, int64_t r, const float *xr,
+                                                           int G, const float *am, float *am_next, float *out) {
+    const int64_t C = w->cols, nbr = C / NF4_BLOCK, bn = (r + 1) * nbr;
+    const uint8_t *p = w->packed + r * (C / 2);
+    const __m512 cb = _mm512_loadu_ps(nf4_codebook());
+    // 4 accumulators per row of x (one per 16-lane quarter of a block): short dependency
+    // chains, so consecutive blocks overlap
+    __m512 acc[GEMV_G][4];
+    for (int i = 0; i < G; i++)
+        for (int q = 0; q < 4; q++) acc[i][q] = _mm512_setzero_ps();
+    for (int64_t k = 0; k < nbr; k++) {
+        if (am_next) am_next[k] = gemv_absmax(w, bn + k);
+        // the codebook scaled by this block's absmax, then looked up: v = nf4[code] · absmax
+        const __m512 cbs = _mm512_mul_ps(cb, _mm512_set1_ps(am[k]));
+        _mm_prefetch((const char *)(p + 32 * k + GEMV_PREFETCH), _MM_HINT_T0);
+        __m512i c0 = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(p + 32 * k)));
+        __m512i c1 = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(p + 32 * k + 16)));
+        // the permute reads only the low 4 bits of each index: c is its own low nibble
+        __m512 v0 = _mm512_permutexvar_ps(_mm512_srli_epi32(c0, 4), cbs);
+        __m512 v1 = _mm512_permutexvar_ps(c0, cbs);
+        __m512 v2 = _mm512_permutexvar_ps(_mm512_srli_epi32(c1, 4), cbs);
+        __m512 v3 = _mm512_permutexvar_ps(c1, cbs);
+        for (int i = 0; i < G; i++) {
+            const float *xi = xr + i * C + k * NF4_BLOCK;
+            acc[i][0] = _mm512_fmadd_ps(v0, _mm512_loadu_ps(xi), acc[i][0]);
+            acc[i][1] = _mm512_fmadd_ps(v1, _mm512_loadu_ps(xi + 16), acc[i][1]);
+            acc[i][2] = _mm512_fmadd_ps(v2, _mm512_loadu_ps(xi + 32), acc[i][2]);
+            acc[i][3] = _mm512_fmadd_ps(v3, _mm512_loadu_ps(xi + 48), acc[i][3]);
+        }
+    }
+    for (int i = 0; i < G; i++)
+        out[i] = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(acc[i][0], acc[i][1]),
+                                                    _mm512_add_ps(acc[i][2], acc[i][3])));
+}
+
+static void gemv_row_n_z(const Nf4Matrix *w, int64_t r, const float *xr, int G, const float *am, float *am_next,
+                         float *out) {
+    switch (G) {
+    case 1: gemv_row_z(w, r, xr, 1, am, am_next, out); break;
+    case 2: gemv_row_z(w, r, xr, 2, am, am_next, out); break;
+    case 3: gemv_row_z(w, r, xr, 3, am, am_next, out); break;
+    default: gemv_row_z(w, r, xr, GEMV_G, am, am_next, out); break;
+    }
+}
+#pragma GCC pop_options
+#endif
+
+static int gemv_avx512(void) { return cpu_isa_usable("avx512f"); }
+
 // x (N,C), W (OC,C) -> y (N,OC)
 void nf4_gemv(const float *x, int64_t N, const Nf4Matrix *w, float *y, int accumulate, float *scratch) {
     const int64_t OC = w->rows, C = w->cols, nbr = C / NF4_BLOCK;
@@ -159,6 +183,8 @@ void nf4_gemv(const float *x, int64_t N, const Nf4Matrix *w, float *y, int accum
         die_internal("nf4_gemv: %s has %lld columns (need a multiple of 64, at most %d blocks)",
                      w->name ? w->name : "weight", (long long)C, GEMV_MAX_BLOCKS);
     for (int64_t i = 0; i < N; i++) gemv_reorder(x + i * C, C, scratch + i * C);
+    const int z = gemv_avx512();
+    (void)z;
     int par = !omp_in_parallel() && OC * C >= GEMV_PAR_MIN;
 #pragma omp parallel for schedule(static) if (par)
     for (int64_t r0 = 0; r0 < OC; r0 += GEMV_ROWS) {
@@ -171,7 +197,12 @@ void nf4_gemv(const float *x, int64_t N, const Nf4Matrix *w, float *y, int accum
             for (int64_t n0 = 0; n0 < N; n0 += GEMV_G) {
                 int G = N - n0 < GEMV_G ? (int)(N - n0) : GEMV_G;
                 float s[GEMV_G];
-                gemv_row_n(w, r, scratch + n0 * C, G, cur, n0 == 0 ? next : NULL, s);
+#if defined(__x86_64__)
+                if (z)
+                    gemv_row_n_z(w, r, scratch + n0 * C, G, cur, n0 == 0 ? next : NULL, s);
+                else
+#endif
+                    gemv_row_n(w, r, scratch + n0 * C, G, cur, n0 == 0 ? next : NULL, s);
                 for (int i = 0; i < G; i++) {
                     float *yi = y + (n0 + i) * OC + r;
                     *yi = accumulate ? *yi + s[i] : s[i];

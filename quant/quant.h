@@ -274,6 +274,10 @@ typedef struct {
     int avx2, fma, avx512, avx512bf16, neon;
 } CpuInfo;
 void cpu_info(CpuInfo *ci);
+// 1 when this CPU has the instruction set ("avx2", "avx512f", "avx512bf16", "neon", "c") and
+// LORA_ISA allows it: the run-time choice of the kernels outside the GEMM family (NF4 decode,
+// the bf16 lm_head GEMV, bf16 attention), compiled for their ISA whatever the build's -march.
+int cpu_isa_usable(const char *isa);
 // What this build's -march gave every function ("x86-64-v3", "avx512bf16", "armv8-a"): the
 // level of the code outside the run-time dispatched kernels.
 const char *build_isa_level(void);
