@@ -140,28 +140,31 @@ static int isa_cap(void) {
     return l < 0 ? 99 : l;  // an unknown value caps nothing (lora info reports it)
 }
 
-int cpu_isa_usable(const char *isa) {
-    int lvl = isa_level(isa);
-    if (lvl < 0 || lvl > isa_cap()) return 0;
-#if defined(__x86_64__)
-    __builtin_cpu_init();
-    int z = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-            __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl");
-    if (lvl == 3) return z && __builtin_cpu_supports("avx512bf16");
-    if (lvl == 2) return z;
-    if (lvl == 1) return strcmp(isa, "neon") && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-    return 1;
-#elif defined(__aarch64__)
-    return lvl == 0 || !strcmp(isa, "neon");
-#else
-    return lvl == 0;
-#endif
+// Which of the levels 0..3 this CPU has and LORA_ISA allows: decided once per process (the
+// decode kernels ask on every call).
+static pthread_once_t isa_once = PTHREAD_ONCE_INIT;
+static int isa_ok[4];
+static void isa_init(void) {
+    const int cap = isa_cap();
+    CpuInfo ci;
+    cpu_info(&ci);
+    const int has[4] = {1, (ci.avx2 && ci.fma) || ci.neon, ci.avx512, ci.avx512bf16};
+    for (int l = 0; l < 4; l++) isa_ok[l] = has[l] && l <= cap;
 }
 
-int gemm_kernel_usable(const GemmKernel *g) {
-    if (!g) return 1;  // OpenBLAS
-    return g->usable() && isa_level(g->isa) <= isa_cap();
+int cpu_isa_usable(const char *isa) {
+    int lvl = isa_level(isa);
+    if (lvl < 0) return 0;
+#if defined(__x86_64__)
+    if (!strcmp(isa, "neon")) return 0;
+#elif defined(__aarch64__)
+    if (lvl == 1 && strcmp(isa, "neon")) return 0;
+#endif
+    pthread_once(&isa_once, isa_init);
+    return isa_ok[lvl];
 }
+
+int gemm_kernel_usable(const GemmKernel *g) { return !g || cpu_isa_usable(g->isa); }  // NULL: OpenBLAS
 
 // ---- calibration --------------------------------------------------------------------------
 
@@ -436,22 +439,26 @@ static pthread_mutex_t choice_lock = PTHREAD_MUTEX_INITIALIZER;
 static KernelChoice choices[MAX_CHOICES];
 static int n_choices;
 
-const KernelChoice *kernel_choice(void) {
+// The entry for the current thread count (measured now when fresh, or when neither this process
+// nor the cache has it).
+static const KernelChoice *choose(int fresh) {
     const int threads = omp_get_max_threads();
     pthread_mutex_lock(&choice_lock);
-    for (int i = 0; i < n_choices; i++)
-        if (choices[i].threads == threads) {
-            pthread_mutex_unlock(&choice_lock);
-            return &choices[i];
-        }
-    KernelChoice *kc = &choices[n_choices < MAX_CHOICES ? n_choices : MAX_CHOICES - 1];
+    KernelChoice *kc = NULL;
+    for (int i = 0; i < n_choices && !kc; i++)
+        if (choices[i].threads == threads) kc = &choices[i];
+    if (kc && !fresh) {
+        pthread_mutex_unlock(&choice_lock);
+        return kc;
+    }
+    if (!kc) kc = &choices[n_choices < MAX_CHOICES ? n_choices++ : MAX_CHOICES - 1];
     memset(kc, 0, sizeof *kc);
     kc->threads = threads;
     char key[1100];
     cache_key(key, sizeof key, threads);
     cache_path(kc->cache_path, sizeof kc->cache_path, key);
     if (!forced_choice(kc)) {
-        if (cache_read(kc, key) == 0) {
+        if (!fresh && cache_read(kc, key) == 0) {
             kc->from_cache = 1;
         } else {
             double t0 = now_seconds();
@@ -464,10 +471,12 @@ const KernelChoice *kernel_choice(void) {
         }
         decide(kc);
     }
-    if (n_choices < MAX_CHOICES) n_choices++;
     pthread_mutex_unlock(&choice_lock);
     return kc;
 }
+
+const KernelChoice *kernel_choice(void) { return choose(0); }
+const KernelChoice *kernel_recalibrate(void) { return choose(1); }
 
 // ---- OpenBLAS's core -------------------------------------------------------------------------
 

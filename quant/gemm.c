@@ -144,10 +144,8 @@ static void kernel_c_bf16(int rows, const uint32_t *ap, const uint32_t *bp, int6
         for (int j = 0; j < ncols; j++) c[m * ldc + j] = add ? c[m * ldc + j] + acc[m][j] : acc[m][j];
 }
 
-static int always(void) { return 1; }
-
-static const GemmKernel qg_f32_c = {"f32-c", "c", 0, 1, C_MR, C_NR, always, pack_a_c_f32, pack_b_c_f32, kernel_c_f32};
-static const GemmKernel qg_bf16_c = {"bf16-c", "c", 1, 2, C_MR, C_NR, always, pack_a_c_bf16, pack_b_c_bf16,
+static const GemmKernel qg_f32_c = {"f32-c", "c", 0, 1, C_MR, C_NR, pack_a_c_f32, pack_b_c_f32, kernel_c_f32};
+static const GemmKernel qg_bf16_c = {"bf16-c", "c", 1, 2, C_MR, C_NR, pack_a_c_bf16, pack_b_c_bf16,
                                      kernel_c_bf16};
 
 static void pack_a_c_f32(uint32_t *ap, int64_t KPT, int64_t kpo, const float *a, int64_t M, int64_t K, int64_t lda) {

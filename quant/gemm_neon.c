@@ -10,8 +10,6 @@
 #define N_MR 8
 #define N_NR 8
 
-static int always(void) { return 1; }
-
 // ap (kpn, 8) fp32, bp (kpn, 8) fp32 -> c (rows, ncols): c = (add ? c : 0) + Σ a b
 static void n_f32_kernel(int rows, const uint32_t *ap, const uint32_t *bp, int64_t kpn, float *c, int64_t ldc,
                          int add, int ncols) {
@@ -62,7 +60,7 @@ static void n_f32_kernel(int rows, const uint32_t *ap, const uint32_t *bp, int64
 static void n_f32_pack_a(uint32_t *ap, int64_t KPT, int64_t kpo, const float *a, int64_t M, int64_t K, int64_t lda);
 static void n_f32_pack_b(int xwt, uint32_t *P, const float *T, int64_t ldt, int64_t nc, int64_t kc);
 
-const GemmKernel qg_f32_neon = {"f32-neon", "neon", 0, 1, N_MR, N_NR, always, n_f32_pack_a, n_f32_pack_b, n_f32_kernel};
+const GemmKernel qg_f32_neon = {"f32-neon", "neon", 0, 1, N_MR, N_NR, n_f32_pack_a, n_f32_pack_b, n_f32_kernel};
 
 static void n_f32_pack_a(uint32_t *ap, int64_t KPT, int64_t kpo, const float *a, int64_t M, int64_t K, int64_t lda) {
     qg_pack_a_words(&qg_f32_neon, ap, KPT, kpo, a, M, K, lda);

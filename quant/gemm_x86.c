@@ -17,17 +17,6 @@
 #define T256 __attribute__((target("avx2,fma")))
 #define INLINE static inline __attribute__((always_inline))
 
-static int has_avx512(void) {
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-           __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl");
-}
-static int has_avx512bf16(void) { return has_avx512() && __builtin_cpu_supports("avx512bf16"); }
-static int has_avx2(void) {
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-}
-
 #define Z_MR 12
 #define Z_NR 32
 #define Y_MR 6
@@ -179,7 +168,7 @@ T512 static void z_f32_pack_b(int xwt, uint32_t *P, const float *T, int64_t ldt,
 
 static void z_f32_pack_a(uint32_t *ap, int64_t KPT, int64_t kpo, const float *a, int64_t M, int64_t K, int64_t lda);
 
-const GemmKernel qg_f32_avx512 = {"f32-avx512", "avx512f", 0, 1, Z_MR, Z_NR, has_avx512, z_f32_pack_a, z_f32_pack_b,
+const GemmKernel qg_f32_avx512 = {"f32-avx512", "avx512f", 0, 1, Z_MR, Z_NR, z_f32_pack_a, z_f32_pack_b,
                                   z_f32_kernel};
 
 static void z_f32_pack_a(uint32_t *ap, int64_t KPT, int64_t kpo, const float *a, int64_t M, int64_t K, int64_t lda) {
@@ -275,7 +264,7 @@ T256 static void y_f32_pack_b(int xwt, uint32_t *P, const float *T, int64_t ldt,
 
 static void y_f32_pack_a(uint32_t *ap, int64_t KPT, int64_t kpo, const float *a, int64_t M, int64_t K, int64_t lda);
 
-const GemmKernel qg_f32_avx2 = {"f32-avx2", "avx2+fma", 0, 1, Y_MR, Y_NR, has_avx2, y_f32_pack_a, y_f32_pack_b,
+const GemmKernel qg_f32_avx2 = {"f32-avx2", "avx2+fma", 0, 1, Y_MR, Y_NR, y_f32_pack_a, y_f32_pack_b,
                                 y_f32_kernel};
 
 static void y_f32_pack_a(uint32_t *ap, int64_t KPT, int64_t kpo, const float *a, int64_t M, int64_t K, int64_t lda) {
@@ -431,6 +420,6 @@ T512BF static void zb_kernel(int rows, const uint32_t *ap, const uint32_t *bp, i
     }
 }
 
-const GemmKernel qg_bf16_avx512 = {"bf16-avx512", "avx512bf16", 1, 2, Z_MR, Z_NR, has_avx512bf16, zb_pack_a,
+const GemmKernel qg_bf16_avx512 = {"bf16-avx512", "avx512bf16", 1, 2, Z_MR, Z_NR, zb_pack_a,
                                    zb_pack_b, zb_kernel};
 #endif

@@ -307,6 +307,9 @@ typedef struct {
 // computes the same product. LORA_KERNEL=NAME (a gemm_kernel_name or "openblas") forces the
 // choice without measuring; LORA_ISA caps the variants considered. Thread-safe.
 const KernelChoice *kernel_choice(void);
+// The same, measured anew (cache ignored and rewritten); the entry kernel_choice returns for
+// this thread count is replaced: call it before any other thread uses the choice (`lora info`).
+const KernelChoice *kernel_recalibrate(void);
 // OpenBLAS's kernels: the core it picked ("SkylakeX"), and the OPENBLAS_CORETYPE it should be
 // given (read when the library loads) when it fell back to a generic core on a CPU it does not
 // know although the CPU has AVX2 or AVX-512; NULL when it needs none or the user set one.

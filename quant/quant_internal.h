@@ -50,10 +50,9 @@ int qt_matmul_dyw(const QtMatrix *q, const float *dy, int64_t N, float *dx, int 
 typedef struct GemmKernel GemmKernel;
 struct GemmKernel {
     const char *name;   // "f32-avx512": precision-isa
-    const char *isa;    // what the CPU needs: "avx512bf16", "avx512f", "avx2+fma", "neon", "c"
+    const char *isa;    // what the CPU needs (cpu_isa_usable): "avx512bf16", "avx512f", "avx2+fma", "neon", "c"
     int bf16;           // products of bf16-rounded operands (fp32 accumulation)
     int kw, mr, nr;     // k per word, micro-tile rows of A, columns of B (nr divides QG_NC)
-    int (*usable)(void);  // this CPU can run it
     // a (M,K) row stride lda -> ap: panels of (KPT, mr) words, a's words at columns
     // [kpo, kpo + ceil(K/kw)) of each panel. OpenMP-parallel over panels.
     void (*pack_a)(uint32_t *ap, int64_t KPT, int64_t kpo, const float *a, int64_t M, int64_t K, int64_t lda);

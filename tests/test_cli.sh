@@ -49,7 +49,9 @@ export XDG_CACHE_HOME="$T/cache"
 if ./lora info > "$T/info1" 2>&1 && ./lora info > "$T/info2" 2>&1 &&
     grep -q "^cpu: " "$T/info1" && grep -q "f32-c" "$T/info1" && grep -q "^chosen: *--compute-dtype auto -> " "$T/info1" &&
     grep -q "(measured now)" "$T/info1" && grep -q "(cached)" "$T/info2" && grep -q "^cache: *$T/cache/lora/kernels-" "$T/info1" &&
-    ls "$T/cache/lora/"kernels-*.txt > /dev/null 2>&1; then
+    ls "$T/cache/lora/"kernels-*.txt > /dev/null 2>&1 &&
+    ./lora info --recalibrate > "$T/info5" 2>&1 && grep -q "(measured now)" "$T/info5" &&
+    ./lora info > "$T/info6" 2>&1 && grep -q "(cached)" "$T/info6"; then
   pass lora_info_measures_then_reads_the_cache
 else
   fail lora_info_measures_then_reads_the_cache "$(head -c 600 "$T/info1"; head -c 300 "$T/info2")"

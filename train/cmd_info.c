@@ -4,7 +4,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 #include "quant/quant.h"
 #include "train/train.h"
@@ -34,18 +33,7 @@ int cmd_info(int argc, char **argv) {
     if (cap && *cap) printf("LORA_ISA:   %s (variants above this level are not considered)\n", cap);
     if (force && *force) printf("LORA_KERNEL: %s\n", force);
     printf("threads:    %d\n", get_num_threads());
-    if (cli_get(f, nf, "recalibrate", NULL)) {
-        const KernelChoice *kc = kernel_choice();  // to learn the path, then measure anew
-        if (kc->cache_path[0]) unlink(kc->cache_path);
-        printf("recalibrating (cache %s removed)\n", kc->cache_path[0] ? kc->cache_path : "-");
-        fflush(stdout);
-        // a new process, so that this one's first measurement does not stay in memory
-        char thr[32];
-        snprintf(thr, sizeof thr, "%d", get_num_threads());
-        execl("/proc/self/exe", "lora", "info", "--threads", thr, (char *)NULL);
-        return 0;
-    }
-    const KernelChoice *kc = kernel_choice();
+    const KernelChoice *kc = cli_get(f, nf, "recalibrate", NULL) ? kernel_recalibrate() : kernel_choice();
     printf("gemm:       NF4 weight, x (256,1024) · Wᵀ (1024,1024) and back, GFLOP/s %s\n",
            kc->forced ? "(not measured: LORA_KERNEL)"
            : kc->from_cache ? "(cached)"
