@@ -5,6 +5,8 @@
 //   bench_step train MODEL_DIR QUANT B T STEPS [CKPT]   QUANT nf4|none, CKPT 1 (default) | 0
 //   bench_step decode MODEL_DIR QUANT PROMPT NEW
 //   bench_step init OUT_DIR DIM LAYERS HEADS KV_HEADS FFN VOCAB TIED
+//   bench_step qgemv [ROWS COLS [FORMATS]]   decode GEMV GB/s per format and variant, 1 and 2
+//                                threads (FORMATS: a comma list such as q4_0,q4_k; default all)
 //
 // BENCH_PROFILE=1: also the per-op wall-time table (all steps) on stderr.
 // Prints ONE line of key=value pairs (bench.sh parses it). A benchmark, never an assertion.
@@ -230,6 +232,112 @@ static int bench_gemm(int64_t M, int64_t OC, int64_t C, int reps) {
     return 0;
 }
 
+// Decode GEMVs (quant/qgemv*.c): y = W x for one activation, W (rows, cols) in each format
+// (random weights; GGUF blocks with sane scales), every variant this CPU runs, with 1 and 2
+// threads (rows split evenly, in chunks of 16, across an OpenMP team here: the kernels have no
+// threading of their own). Prints GB/s of weight bytes streamed per variant (best of the runs
+// within ~0.15 s; preparing the activation is not timed). TinyLlama's FFN shapes by default.
+static double qgemv_time(const QvKernel *k, const QvMatrix *w, const void *qx, float *y, int nt) {
+    double best = 1e30, spent = 0;
+    for (int rep = 0; rep < 200 && (rep < 3 || spent < 0.15); rep++) {
+        double t0 = now_s();
+#pragma omp parallel num_threads(nt)
+        {
+            const int t = omp_get_thread_num(), n = omp_get_num_threads();
+            const int64_t per = (w->rows + n - 1) / n, chunk = (per + 15) / 16 * 16;
+            const int64_t r0 = t * chunk, r1 = r0 + chunk < w->rows ? r0 + chunk : w->rows;
+            if (r1 > r0) qv_gemv(k, w, r0, r1 - r0, qx, 1, y, w->rows, 0);
+        }
+        double dt = now_s() - t0;
+        spent += dt;
+        if (rep > 0 && dt < best) best = dt;
+    }
+    return best;
+}
+
+static int bench_qgemv(int64_t rows, int64_t cols, const char *only) {
+    static const struct { QvFormat fmt; int type; const char *name; } F[] = {
+        {QV_F32, 0, "f32"}, {QV_BF16, 0, "bf16"}, {QV_NF4, 0, "nf4"}, {QV_GGQ, GGQ_Q4_0, "q4_0"},
+        {QV_GGQ, GGQ_Q8_0, "q8_0"}, {QV_GGQ, GGQ_Q4_K, "q4_k"}, {QV_GGQ, GGQ_Q6_K, "q6_k"},
+        {QV_GGQ, GGQ_Q5_K, "q5_k"}, {QV_GGQ, GGQ_Q4_1, "q4_1"}, {QV_GGQ, GGQ_Q5_0, "q5_0"},
+        {QV_GGQ, GGQ_Q5_1, "q5_1"}};
+    uint64_t s = 11;
+    float *x = malloc(sizeof(float) * cols), *y = malloc(sizeof(float) * rows);
+    for (int64_t i = 0; i < cols; i++) {
+        s = s * 6364136223846793005ULL + 1442695040888963407ULL;
+        x[i] = (float)((s >> 40) & 0xFFFF) / 32768.0f - 1.0f;
+    }
+    for (size_t f = 0; f < sizeof F / sizeof F[0]; f++) {
+        if (only) {  // FORMATS: F[f].name as a whole item of the comma list
+            const size_t n = strlen(F[f].name);
+            const char *h = only;
+            while ((h = strstr(h, F[f].name)) && ((h != only && h[-1] != ',') || (h[n] && h[n] != ','))) h += n;
+            if (!h) continue;
+        }
+        QvMatrix w = {F[f].fmt, rows, cols, NULL};
+        GgqMatrix gm;
+        Nf4Matrix nm = {0};
+        void *buf = NULL;
+        size_t bytes;
+        if (F[f].fmt == QV_GGQ) {
+            const int t = F[f].type;
+            if (cols % ggq_block_elems(t)) continue;
+            bytes = ggq_bytes_for(t, rows, cols);
+            uint8_t *p = malloc(bytes);
+            for (size_t i = 0; i < bytes; i++) {
+                s = s * 6364136223846793005ULL + 1442695040888963407ULL;
+                p[i] = (uint8_t)(s >> 33);
+            }
+            const size_t bb = ggq_block_bytes(t);
+            const uint16_t h = 0x1c00;  // 2^-8
+            for (size_t b = 0; b < bytes / bb; b++) {
+                memcpy(p + b * bb + (t == GGQ_Q6_K ? 208 : 0), &h, 2);
+                if (t == GGQ_Q4_1 || t == GGQ_Q5_1 || t == GGQ_Q4_K || t == GGQ_Q5_K) memcpy(p + b * bb + 2, &h, 2);
+            }
+            gm = (GgqMatrix){t, rows, cols, p, "bench"};
+            w.data = &gm;
+            buf = p;
+        } else {
+            const size_t n = (size_t)(rows * cols);
+            float *wf = malloc(sizeof(float) * n);
+            for (size_t i = 0; i < n; i++) wf[i] = x[i % (size_t)cols] * 0.02f;
+            if (F[f].fmt == QV_F32) {
+                w.data = buf = wf;
+                bytes = n * 4;
+            } else if (F[f].fmt == QV_BF16) {
+                uint16_t *b = malloc(2 * n);
+                for (size_t i = 0; i < n; i++) b[i] = f32_to_bf16(wf[i]);
+                free(wf);
+                w.data = buf = b;
+                bytes = n * 2;
+            } else {
+                Err e = {{0}};
+                if (nf4_quantize(wf, rows, cols, "bench", &nm, &e)) return fail(&e);
+                free(wf);
+                w.data = &nm;
+                bytes = nf4_bytes(&nm);
+            }
+        }
+        const QvKernel *chosen = qv_kernel_for(&w);
+        for (int i = 0; i < qv_kernel_count(); i++) {
+            const QvKernel *k = qv_kernel_at(i);
+            if (!qv_kernel_usable(k) || !qv_kernel_fits(k, &w)) continue;
+            void *qx = malloc(qv_act_bytes(k, &w));
+            qv_prepare(k, &w, x, qx);
+            double t1 = qgemv_time(k, &w, qx, y, 1), t2 = qgemv_time(k, &w, qx, y, 2);
+            printf("mode=qgemv rows=%lld cols=%lld format=%s kernel=%s chosen=%d weight_mb=%.1f gbs_1t=%.1f gbs_2t=%.1f\n",
+                   (long long)rows, (long long)cols, F[f].name, qv_kernel_name(k), k == chosen, bytes / 1e6,
+                   bytes / t1 / 1e9, bytes / t2 / 1e9);
+            fflush(stdout);
+            free(qx);
+        }
+        free(buf);
+        if (nm.packed) nf4_free(&nm);
+    }
+    free(x), free(y);
+    return 0;
+}
+
 // The machine's state: peak vdpbf16ps and fp32 FMA throughput of all threads together, from
 // independent register-resident chains (~0.3 s each). On a shared host the two vCPUs are
 // sometimes co-scheduled on one core, halving every figure of the run: this line shows it.
@@ -290,11 +398,17 @@ int main(int argc, char **argv) {
     if (argc == 2 && !strcmp(argv[1], "peak")) return bench_peak();
     if (argc >= 5 && !strcmp(argv[1], "gemm"))
         return bench_gemm(atoll(argv[2]), atoll(argv[3]), atoll(argv[4]), argc > 5 ? atoi(argv[5]) : 5);
+    if (argc >= 2 && !strcmp(argv[1], "qgemv")) {
+        if (argc >= 4) return bench_qgemv(atoll(argv[2]), atoll(argv[3]), argc > 4 ? argv[4] : NULL);
+        int rc = bench_qgemv(5632, 2048, NULL);
+        return rc ? rc : bench_qgemv(2048, 5632, NULL);
+    }
     if (argc >= 6 && !strcmp(argv[1], "decode"))
         return bench_decode(argv[2], argv[3], atoi(argv[4]), atoi(argv[5]));
     fprintf(stderr, "usage: bench_step train MODEL_DIR nf4|none B T STEPS [CKPT 1|0]\n"
                     "       bench_step decode MODEL_DIR nf4|none PROMPT NEW\n"
                     "       bench_step gemm M OC C [REPS]\n"
+                    "       bench_step qgemv [ROWS COLS [FORMATS]]   (default: 5632 2048, then 2048 5632, all formats)\n"
                     "       bench_step peak\n"
                     "       bench_step init OUT_DIR DIM LAYERS HEADS KV_HEADS FFN VOCAB TIED\n");
     return 2;

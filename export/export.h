@@ -38,11 +38,40 @@ int lora_merge(Model *m, const LoraAdapter *a, Err *e);
 // (the keys of src_config, when given, kept but quantization_config; the model's own values
 // and torch_dtype set).
 int merged_save_hf(const Model *m, StDtype dtype, const char *src_config, const char *dir, Err *e);
-// m as a GGUF llama.cpp loads (llama.* metadata, q/k rows in the adjacent-pairs convention,
-// 1-D norms F32, matrices in type GGML_F32/F16/BF16, output.weight omitted when tied).
-// vocab: where the tokenizer.ggml.* metadata comes from — a .gguf file (its keys copied) or
-// a SentencePiece .model file; NULL writes tokenizer.ggml.model "no_vocab".
+// ---- GGUF models (lora merge / convert / init-model --out F.gguf) --------------------------
+// A llama as a GGUF llama.cpp loads: llama.* metadata, q/k rows in the adjacent-pairs
+// convention, 1-D norms F32, matrices in the writer's type, output.weight omitted when tied.
+// The tensors come from a callback, one at a time in file order (token_embd; per layer
+// attn_norm, q k v o gate up down, ffn_norm; output_norm; output), each as fp32 in the HF
+// layout: a matrix (rows, cols) row-major with q/k rows in the HF rotate-half order, a norm
+// (1, dim). which: a LoraTarget (a layer's matrix) or a GgufSlot; layer -1 for GS_EMB,
+// GS_HEAD, GS_FINAL_NORM. Only one tensor's fp32 copy exists at a time; the encoded file is
+// held in memory until written.
+typedef enum { GS_EMB = LT_COUNT, GS_HEAD, GS_ATTN_NORM, GS_FFN_NORM, GS_FINAL_NORM } GgufSlot;
+typedef int (*GgufTensorFn)(void *user, int layer, int which, int64_t rows, int64_t cols, float *out, Err *e);
+typedef struct {
+    GgmlType type;        // F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1 (see gguf_matrix_type)
+    const char *vocab;    // tokenizer.ggml.* from a .gguf file (its keys copied) or a
+                          // SentencePiece .model file; NULL writes tokenizer.ggml.model "no_vocab"
+    const char *name;     // general.name (NULL: "lora.c model")
+    GgufTensorFn tensor;
+    void *user;
+    int n_f16;            // out: matrices written F16 for a quantized type (rows not whole blocks)
+} GgufModelWriter;
+int model_save_gguf(const ModelConfig *c, GgufModelWriter *o, const char *path, Err *e);
+// The type a matrix `which` with rows of cols values is written in for the requested type, as
+// llama.cpp's convert / llama-quantize choose: the requested one, except with Q4_0, Q4_1,
+// Q5_0, Q5_1 the output matrix (output.weight, or token_embd when tied) in Q8_0 (llama.cpp
+// uses Q6_K, which we do not write), and F16 for a quantized type when cols % 32 != 0.
+GgmlType gguf_matrix_type(GgmlType type, int which, int tied, int64_t cols);
+// m's tensors (any storage, read as fp32) through model_save_gguf (sets o->tensor, o->user).
+int model_write_gguf(const Model *m, GgufModelWriter *o, const char *path, Err *e);
+// model_write_gguf with general.name "lora.c merged model".
 int merged_save_gguf(const Model *m, GgmlType type, const char *vocab, const char *path, Err *e);
+// Where a GGUF's vocabulary comes from for the model at model_path: tok when given, the
+// model's own when it is a GGUF with one, else a tokenizer.model beside the model (written
+// into buf); NULL when there is none.
+const char *gguf_vocab_source(const char *model_path, const char *tok, char *buf, size_t n);
 // Copies the tokenizer and generation files found in src_dir (tokenizer.model,
 // tokenizer.json, tokenizer_config.json, special_tokens_map.json, generation_config.json)
 // into dir. Returns the number copied, -1 on error.

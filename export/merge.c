@@ -7,6 +7,7 @@
 
 #include "data/data.h"
 #include "export/export.h"
+#include "quant/quant.h"
 
 // Weight w as a new fp32 (rows, cols) buffer, whatever its storage type.
 static float *weight_copy_f32(const Weight *w, Err *e) {
@@ -223,30 +224,55 @@ static int spm_gguf_vocab(GgufWriter *w, const char *path, int vocab_size, Err *
     return rc;
 }
 
-static int add_vector(GgufWriter *w, const char *name, const Tensor *t, Err *e) {
-    int64_t ne[1] = {t->n};
-    return ggw_add_f32(w, name, GGML_F32, 1, ne, t->data, e);
+// One model tensor (layer, which: a LoraTarget or GS_*) of model m as fp32 (HF layout).
+static int model_tensor(void *user, int layer, int which, int64_t rows, int64_t cols, float *out, Err *e) {
+    const Model *m = user;
+    const Weight *w = which == GS_EMB ? &m->emb : which == GS_HEAD ? &m->lm_head : NULL;
+    const Tensor *t = which == GS_FINAL_NORM  ? m->final_norm
+                      : which == GS_ATTN_NORM ? m->layers[layer].attn_norm
+                      : which == GS_FFN_NORM  ? m->layers[layer].ffn_norm
+                                              : NULL;
+    if (!w && !t) w = &m->layers[layer].w[which];
+    if (t) {
+        if (t->n != rows * cols) return err_set(e, "norm of %lld values, expected %lld", (long long)t->n, (long long)(rows * cols));
+        memcpy(out, t->data, (size_t)t->n * sizeof(float));
+        return 0;
+    }
+    if (w->rows != rows || w->cols != cols)
+        return err_set(e, "weight %s is (%lld, %lld), expected (%lld, %lld)", w->name ? w->name : "?",
+                       (long long)w->rows, (long long)w->cols, (long long)rows, (long long)cols);
+    for (int64_t r = 0; r < rows; r++) weight_row_f32(w, r, out + r * cols);
+    return 0;
 }
 
-// A (rows, cols) matrix as ne [cols, rows], q/k rows permuted to the adjacent convention.
-static int add_matrix(GgufWriter *w, const char *name, const Weight *wt, GgmlType type, int rope_heads,
-                      int head_dim, Err *e) {
-    float *buf = weight_copy_f32(wt, e);
-    if (!buf) return -1;
-    int64_t ne[2] = {wt->cols, wt->rows};
-    int rc = rope_heads ? rope_permute_rows(buf, rope_heads, head_dim, wt->cols, ROPE_ADJACENT, e) : 0;
-    if (!rc) rc = ggw_add_f32(w, name, type, 2, ne, buf, e);
-    free(buf);
-    return rc;
+static int is_quant(GgmlType t) { return t != GGML_F32 && t != GGML_F16 && t != GGML_BF16; }
+
+GgmlType gguf_matrix_type(GgmlType type, int which, int tied, int64_t cols) {
+    if (!is_quant(type)) return type;
+    if (type != GGML_Q8_0 && (which == GS_HEAD || (tied && which == GS_EMB))) type = GGML_Q8_0;
+    return cols % 32 ? GGML_F16 : type;
 }
 
-static int gguf_model_meta(GgufWriter *w, const ModelConfig *c, GgmlType type, Err *e) {
-    // general.file_type as llama.cpp numbers it: all F32 0, mostly F16 1, mostly BF16 32
-    uint32_t ftype = type == GGML_F16 ? 1 : type == GGML_BF16 ? 32 : 0;
+// general.file_type as llama.cpp numbers it (LLAMA_FTYPE_ALL_F32, MOSTLY_F16, ...)
+static uint32_t file_type(GgmlType t) {
+    switch (t) {
+        case GGML_F16: return 1;
+        case GGML_Q4_0: return 2;
+        case GGML_Q4_1: return 3;
+        case GGML_Q8_0: return 7;
+        case GGML_Q5_0: return 8;
+        case GGML_Q5_1: return 9;
+        case GGML_BF16: return 32;
+        default: return 0;
+    }
+}
+
+static int gguf_model_meta(GgufWriter *w, const ModelConfig *c, GgmlType type, const char *name, Err *e) {
     int rc = ggw_set_str(w, "general.architecture", "llama", e);
     if (!rc) rc = ggw_set_str(w, "general.type", "model", e);
-    if (!rc) rc = ggw_set_str(w, "general.name", "lora.c merged model", e);
-    if (!rc) rc = ggw_set_u32(w, "general.file_type", ftype, e);
+    if (!rc) rc = ggw_set_str(w, "general.name", name, e);
+    if (!rc) rc = ggw_set_u32(w, "general.file_type", file_type(type), e);
+    if (!rc && is_quant(type)) rc = ggw_set_u32(w, "general.quantization_version", 2, e);
     if (!rc) rc = ggw_set_u32(w, "llama.context_length", (uint32_t)c->max_seq_len, e);
     if (!rc) rc = ggw_set_u32(w, "llama.embedding_length", (uint32_t)c->dim, e);
     if (!rc) rc = ggw_set_u32(w, "llama.block_count", (uint32_t)c->n_layers, e);
@@ -264,39 +290,91 @@ static int gguf_model_meta(GgufWriter *w, const ModelConfig *c, GgmlType type, E
     return rc;
 }
 
-int merged_save_gguf(const Model *m, GgmlType type, const char *vocab, const char *path, Err *e) {
-    const ModelConfig *c = &m->cfg;
-    if (type != GGML_F32 && type != GGML_F16 && type != GGML_BF16)
-        return err_set(e, "merged GGUF type must be f32, f16 or bf16");
+// Tensor (layer, which) of (rows, cols) from the source into w as name: norms F32, matrices
+// in their gguf_matrix_type, q/k rows (rope_heads > 0) permuted to the adjacent convention.
+static int add_tensor(GgufWriter *w, GgufModelWriter *o, const ModelConfig *c, int layer, int which,
+                      const char *name, int64_t rows, int64_t cols, int rope_heads, Err *e) {
+    float *buf = xmalloc_aligned((size_t)(rows * cols) * sizeof(float), name, e);
+    if (!buf) return -1;
+    int norm = which >= GS_ATTN_NORM;
+    GgmlType type = norm ? GGML_F32 : gguf_matrix_type(o->type, which, c->tied_embeddings, cols);
+    int64_t ne[2] = {cols, rows};
+    int rc = o->tensor(o->user, layer, which, rows, cols, buf, e);
+    if (!rc && rope_heads) rc = rope_permute_rows(buf, rope_heads, c->head_dim, cols, ROPE_ADJACENT, e);
+    if (!rc) rc = ggw_add_f32(w, name, type, norm ? 1 : 2, ne, buf, e);
+    free(buf);
+    if (!rc && !norm && type == GGML_F16 && is_quant(o->type)) o->n_f16++;
+    return rc;
+}
+
+int model_save_gguf(const ModelConfig *c, GgufModelWriter *o, const char *path, Err *e) {
+    o->n_f16 = 0;
     if (strcmp(c->arch, "llama"))
         return err_set(e, "GGUF export supports llama models only (this one is \"%s\")", c->arch);
+    GgmlType T = o->type;
+    if (T != GGML_F32 && T != GGML_F16 && T != GGML_BF16 && !ggq_quantizable(T))
+        return err_set(e, "GGUF model type must be f32, f16, bf16, q8_0, q4_0, q4_1, q5_0 or q5_1");
     GgufWriter *w = ggw_new(e);
     if (!w) return -1;
-    int rc = gguf_model_meta(w, c, type, e);
-    if (!rc && !vocab) rc = ggw_set_str(w, "tokenizer.ggml.model", "no_vocab", e);
-    if (!rc && vocab) {  // a GGUF file, or else a SentencePiece model
+    int rc = gguf_model_meta(w, c, T, o->name ? o->name : "lora.c model", e);
+    if (!rc && !o->vocab) rc = ggw_set_str(w, "tokenizer.ggml.model", "no_vocab", e);
+    if (!rc && o->vocab) {  // a GGUF file, or else a SentencePiece model
         Err not_gguf;
-        Gguf *g = gguf_open(vocab, &not_gguf);
-        rc = g ? copy_gguf_vocab(w, g, vocab, e) : spm_gguf_vocab(w, vocab, c->vocab_size, e);
+        Gguf *g = gguf_open(o->vocab, &not_gguf);
+        rc = g ? copy_gguf_vocab(w, g, o->vocab, e) : spm_gguf_vocab(w, o->vocab, c->vocab_size, e);
         gguf_close(g);
     }
-    if (!rc) rc = add_matrix(w, "token_embd.weight", &m->emb, type, 0, 0, e);
+    const int64_t V = c->vocab_size, C = c->dim;
+    if (!rc) rc = add_tensor(w, o, c, -1, GS_EMB, "token_embd.weight", V, C, 0, e);
     for (int l = 0; l < c->n_layers && !rc; l++) {
-        const Layer *L = &m->layers[l];
         char name[96];
         snprintf(name, sizeof name, "blk.%d.attn_norm.weight", l);
-        rc = add_vector(w, name, L->attn_norm, e);
+        rc = add_tensor(w, o, c, l, GS_ATTN_NORM, name, 1, C, 0, e);
         for (int t = 0; t < LT_COUNT && !rc; t++) {
             int heads = t == LT_Q ? c->n_heads : t == LT_K ? c->n_kv_heads : 0;
-            rc = add_matrix(w, gguf_weight_name(name, sizeof name, l, (LoraTarget)t), &L->w[t], type, heads,
-                            c->head_dim, e);
+            int64_t rows, cols;
+            model_weight_dims(c, (LoraTarget)t, &rows, &cols);
+            rc = add_tensor(w, o, c, l, t, gguf_weight_name(name, sizeof name, l, (LoraTarget)t), rows, cols, heads, e);
         }
         snprintf(name, sizeof name, "blk.%d.ffn_norm.weight", l);
-        if (!rc) rc = add_vector(w, name, L->ffn_norm, e);
+        if (!rc) rc = add_tensor(w, o, c, l, GS_FFN_NORM, name, 1, C, 0, e);
     }
-    if (!rc) rc = add_vector(w, "output_norm.weight", m->final_norm, e);
-    if (!rc && !c->tied_embeddings) rc = add_matrix(w, "output.weight", &m->lm_head, type, 0, 0, e);
+    if (!rc) rc = add_tensor(w, o, c, -1, GS_FINAL_NORM, "output_norm.weight", 1, C, 0, e);
+    if (!rc && !c->tied_embeddings) rc = add_tensor(w, o, c, -1, GS_HEAD, "output.weight", V, C, 0, e);
     if (!rc) rc = ggw_save(w, path, e);
     ggw_free(w);
     return rc;
+}
+
+
+int model_write_gguf(const Model *m, GgufModelWriter *o, const char *path, Err *e) {
+    o->tensor = model_tensor;
+    o->user = (void *)m;
+    return model_save_gguf(&m->cfg, o, path, e);
+}
+
+int merged_save_gguf(const Model *m, GgmlType type, const char *vocab, const char *path, Err *e) {
+    GgufModelWriter o = {.type = type, .vocab = vocab, .name = "lora.c merged model"};
+    return model_write_gguf(m, &o, path, e);
+}
+
+const char *gguf_vocab_source(const char *model_path, const char *tok, char *buf, size_t n) {
+    if (tok) return tok;
+    int dir = is_directory(model_path);
+    size_t len = strlen(model_path);
+    if (!dir && len > 5 && !strcmp(model_path + len - 5, ".gguf")) {
+        Err ignore;
+        Gguf *g = gguf_open(model_path, &ignore);
+        int has = g && gguf_get_str(g, "tokenizer.ggml.model") != NULL;
+        gguf_close(g);
+        if (has) return model_path;
+    }
+    // the model's directory: the path itself, or what dirname(3) gives for a file
+    const char *slash = strrchr(model_path, '/');
+    char parent[1024];
+    if (dir) snprintf(parent, sizeof parent, "%s", model_path);
+    else if (!slash) snprintf(parent, sizeof parent, ".");
+    else snprintf(parent, sizeof parent, "%.*s", slash == model_path ? 1 : (int)(slash - model_path), model_path);
+    path_join(buf, n, parent, "tokenizer.model");
+    return file_exists(buf) ? buf : NULL;
 }

@@ -3,6 +3,7 @@
 // no longer turn into a stop string (and, through TokStream, only in whole characters).
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "infer/infer.h"
 #include "quant/quant.h"
@@ -28,23 +29,31 @@ struct Generator {
     int stop_id[GEN_MAX_STOP]; // the token spelled exactly as each stop string ("<|im_end|>"), or -1
     int n_stop;
     int ignore_eos, eos;
-    Tape *tape;
+    Engine *en;                // the engine gen_next runs (owned), NULL for gen_create's
     KVCache *kv;
     Sampler sampler;
     int *hist;                 // (n_prompt + max_new) prompt then generated ids
     int n_hist, n_prompt, max_new;
-    float *logits;             // (V) of the last position, valid until the next forward
+    float *logits;             // (V) of the last position: the next forward writes here
     char *text;                // generated text
     size_t len, cap, sent;     // sent: bytes already released
     TokStream stream;          // ids -> text, whole characters
-    int done;
+    int done, prefilled;
     FinishReason finish;
+    GenTiming timing;
 };
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
 
 void gen_free(Generator *g) {
     if (!g) return;
     for (int i = 0; i < g->n_stop; i++) free(g->stop[i]);
-    tape_free(g->tape);
+    engine_free(g->en);
+    free(g->logits);
     kv_free(g->kv);
     sampler_free(&g->sampler);
     free(g->hist);
@@ -52,8 +61,8 @@ void gen_free(Generator *g) {
     free(g);
 }
 
-Generator *gen_new(const Model *m, const LoraAdapter *lora, const Tokenizer *tok, const int *prompt,
-                   int n_prompt, const GenConfig *cfg, Err *e) {
+Generator *gen_create(const Model *m, const LoraAdapter *lora, const Tokenizer *tok, const int *prompt,
+                      int n_prompt, const GenConfig *cfg, Err *e) {
     if (n_prompt < 1) {
         err_set(e, "empty prompt and no BOS token: nothing to condition on");
         return NULL;
@@ -96,16 +105,14 @@ Generator *gen_new(const Model *m, const LoraAdapter *lora, const Tokenizer *tok
     tok_stream_init(&g->stream);
     g->stream.prev = prompt[n_prompt - 1];  // the text continues the prompt's
     if (sampler_init(&g->sampler, &cfg->sampler, m->cfg.vocab_size, e)) goto fail;
-    if (!(g->kv = kv_new(&m->cfg, n_prompt + g->max_new, e)) || !(g->tape = tape_new(e))) goto fail;
-    tape_set_recording(g->tape, 0);
-    tape_set_training(g->tape, 0);
-    tape_set_gemm(g->tape, kernel_choice()->fp32);  // the prompt's prefill: the fastest fp32 path
+    if (!(g->kv = kv_new(&m->cfg, n_prompt + g->max_new, e)) ||
+        !(g->logits = xmalloc((size_t)m->cfg.vocab_size * sizeof(float), "logits", e)))
+        goto fail;
+    g->timing.prompt_tokens = n_prompt;
     if (g->max_new == 0) {
         g->done = 1;
         g->finish = FINISH_LENGTH;
-        return g;
     }
-    g->logits = model_forward(g->tape, m, lora, prompt, 1, n_prompt, g->kv, 1)->data;
     return g;
 oom:
     err_set(e, "out of memory");
@@ -113,6 +120,40 @@ fail:
     gen_free(g);
     return NULL;
 }
+
+int gen_prefill_step(Generator *g, Engine *en, int max_tokens, Err *e) {
+    if (g->done || g->prefilled) return 0;
+    int left = g->n_prompt - g->kv->len, n = max_tokens > 0 && max_tokens < left ? max_tokens : left;
+    double t0 = now_s();
+    if (engine_prefill(en, g->lora, g->kv, g->hist + g->kv->len, n, g->logits, e)) return -1;
+    g->timing.prefill_s += now_s() - t0;
+    g->prefilled = g->kv->len == g->n_prompt;
+    return !g->prefilled;
+}
+
+int gen_prefill(Generator *g, Engine *en, Err *e) {
+    int rc;
+    while ((rc = gen_prefill_step(g, en, 0, e)) == 1) {
+    }
+    return rc;
+}
+
+Generator *gen_new(const Model *m, const LoraAdapter *lora, const Tokenizer *tok, const int *prompt,
+                   int n_prompt, const GenConfig *cfg, Err *e) {
+    Generator *g = gen_create(m, lora, tok, prompt, n_prompt, cfg, e);
+    if (!g) return NULL;
+    if (!(g->en = engine_new(m, 1, e)) || gen_prefill(g, g->en, e)) {
+        gen_free(g);
+        return NULL;
+    }
+    return g;
+}
+
+KVCache *gen_kv(Generator *g) { return g->kv; }
+const LoraAdapter *gen_lora(const Generator *g) { return g->lora; }
+float *gen_logits(Generator *g) { return g->logits; }
+int gen_n_prompt(const Generator *g) { return g->n_prompt; }
+void gen_timing(const Generator *g, GenTiming *t) { *t = g->timing; }
 
 // Bytes at the end of text[0..len) to hold back: a proper prefix of a stop string (the
 // stream gives whole characters only).
@@ -156,10 +197,11 @@ static int finish(Generator *g, FinishReason why, const char **text, size_t *len
     return 0;
 }
 
-int gen_next(Generator *g, const char **text, size_t *len, Err *e) {
+int gen_advance(Generator *g, const char **text, size_t *len, int *token, Err *e) {
     *text = g->text + g->len;
     *len = 0;
     if (g->done) return 0;
+    if (!g->prefilled) return err_set(e, "generator: the prompt was not run (gen_prefill)");
     int next = sampler_next(&g->sampler, g->logits, g->hist, g->n_hist);
     if (next == g->eos && !g->ignore_eos) return finish(g, FINISH_EOS, text, len, e);
     for (int i = 0; i < g->n_stop; i++)  // a special token that decodes to no text, say
@@ -183,13 +225,23 @@ int gen_next(Generator *g, const char **text, size_t *len, Err *e) {
         return finish(g, FINISH_STOP, text, len, e);
     }
     if (g->n_hist - g->n_prompt >= g->max_new) return finish(g, FINISH_LENGTH, text, len, e);
-    tape_reset(g->tape);
-    g->logits = model_forward(g->tape, g->m, g->lora, &next, 1, 1, g->kv, 1)->data;
     size_t keep = holdback(g);
     size_t upto = g->len - keep > g->sent ? g->len - keep : g->sent;
     *text = g->text + g->sent;
     *len = upto - g->sent;
     g->sent = upto;
+    *token = next;
+    return 1;
+}
+
+int gen_next(Generator *g, const char **text, size_t *len, Err *e) {
+    int token, rc = gen_advance(g, text, len, &token, e);
+    if (rc != 1) return rc;
+    if (!g->en && !(g->en = engine_new(g->m, 1, e))) return -1;
+    double t0 = now_s();
+    if (engine_decode(g->en, &g->lora, &g->kv, &token, 1, &g->logits, e)) return -1;
+    g->timing.decode_s += now_s() - t0;
+    g->timing.decode_tokens++;
     return 1;
 }
 
@@ -241,6 +293,7 @@ int generate(const Model *m, const LoraAdapter *lora, const Tokenizer *tok, cons
             memcpy(out->text, text, len + 1);
             out->len = len;
             out->finish = gen_finish(g);
+            gen_timing(g, &out->timing);
         }
     }
     gen_free(g);

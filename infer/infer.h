@@ -13,6 +13,7 @@
 #include "util/util.h"
 #include "model/model.h"
 #include "data/data.h"
+#include "quant/quant.h"
 
 // ---- sampling -----------------------------------------------------------------------------
 // Logit processing in the order of HF transformers' generate(): repetition penalty, then
@@ -48,6 +49,46 @@ void sampler_probs(Sampler *s, float *logits, const int *history, int n_history,
 // logits (V) (modified) -> the next token. history: the ids so far (prompt + generated).
 int sampler_next(Sampler *s, float *logits, const int *history, int n_history);
 
+// ---- the decoding engine: a forward pass without a tape, batched over sequences -----------
+// One step runs any number of sequences, each with its own KV cache, position and adapter
+// (NULL = the base), through the model. Every frozen matrix is read once per step for all the
+// step's rows (fused: q,k,v as one pass over their rows, gate,up likewise; rows split across
+// the threads of ONE OpenMP team, the calling thread's); then each row adds its own
+// adapter's low-rank term (rows gathered by adapter, as S-LoRA / Punica's BGMV). A row's
+// result never depends on which other rows share its step, so a request's greedy output is
+// the same alone or batched.
+//   decode (one token per sequence): matrix-vector products in the weights' stored format
+//     (quant/: activations quantized once per token for the integer dot products of the
+//     GGUF block formats; NF4, bf16, f32 in floating point);
+//   prefill (a prompt): GEMM over its tokens through the trainer's tiled kernels, in chunks
+//     (the cancel flag is read between chunks).
+// Not thread-safe: one thread calls an Engine (the server's scheduler); the Model and the
+// adapters are only read.
+typedef struct Engine Engine;
+// max_rows: the most sequences one engine_decode call takes (the server's --max-batch).
+Engine *engine_new(const Model *m, int max_rows, Err *e);
+void engine_free(Engine *en);
+const Model *engine_model(const Engine *en);
+// flag (or NULL): when *flag becomes non-zero, engine_prefill stops at its next chunk and
+// fails with "cancelled".
+void engine_set_cancel(Engine *en, const volatile int *flag);
+// ids (n >= 1) of one sequence appended to kv at positions kv->len.. (kv->len grows by n)
+// -> logits (V) of its last position. Errors: no room in kv, a token outside the vocabulary,
+// cancelled, out of memory.
+int engine_prefill(Engine *en, const LoraAdapter *lora, KVCache *kv, const int *ids, int n, float *logits,
+                   Err *e);
+// n sequences (1 <= n <= max_rows), one token each: tokens[i] at position kv[i]->len of
+// sequence i with adapter lora[i] (lora NULL = all base) -> logits[i] (V) (each row its own
+// buffer). kv[i]->len grows by 1.
+int engine_decode(Engine *en, const LoraAdapter *const *lora, KVCache *const *kv, const int *tokens, int n,
+                  float *const *logits, Err *e);
+// The GEMM variant of the prefill (quant.h; NULL = OpenBLAS). Default: the fastest fp32 one
+// (kernel_choice()->fp32).
+void engine_set_prefill_gemm(Engine *en, const GemmKernel *g);
+const GemmKernel *engine_prefill_gemm(const Engine *en);
+// Bytes of one sequence's KV cache per position (2 · n_layers · kv_dim · 4).
+size_t engine_kv_bytes_per_pos(const ModelConfig *cfg);
+
 // ---- generation ---------------------------------------------------------------------------
 #define GEN_MAX_STOP 8
 typedef enum { FINISH_LENGTH = 0, FINISH_EOS, FINISH_STOP } FinishReason;
@@ -82,6 +123,31 @@ const int *gen_ids(const Generator *g, int *n);
 const char *gen_text(const Generator *g, size_t *len);
 FinishReason gen_finish(const Generator *g);
 
+// The same, one step at a time for a scheduler that batches many generators in one
+// engine_decode (the server): gen_create sets up (no forward); gen_prefill runs the prompt
+// through en; then, until finished, gen_advance picks the next token from the logits and
+// releases text exactly as gen_next does, returning 1 with *token = the token to feed next
+// (the scheduler runs engine_decode with gen_kv(g), gen_lora(g), *token, gen_logits(g)),
+// 0 when finished (the last text comes with it), -1 on error.
+Generator *gen_create(const Model *m, const LoraAdapter *lora, const Tokenizer *tok, const int *prompt,
+                      int n_prompt, const GenConfig *g, Err *e);
+int gen_prefill(Generator *g, Engine *en, Err *e);
+// The prompt a slice at a time (a scheduler interleaving a long prompt with other requests'
+// decode steps): at most max_tokens more of it (0 = the rest). 1 while some remain, 0 when
+// the whole prompt is in (the logits are ready), -1 on error.
+int gen_prefill_step(Generator *g, Engine *en, int max_tokens, Err *e);
+int gen_advance(Generator *g, const char **text, size_t *len, int *token, Err *e);
+KVCache *gen_kv(Generator *g);
+const LoraAdapter *gen_lora(const Generator *g);
+float *gen_logits(Generator *g);       // (V): where the next forward writes its logits
+int gen_n_prompt(const Generator *g);
+// Timing of a generation (gen_new/gen_next, generate): prefill and decode seconds and tokens.
+typedef struct {
+    int prompt_tokens, decode_tokens;
+    double prefill_s, decode_s;
+} GenTiming;
+void gen_timing(const Generator *g, GenTiming *t);
+
 // Called with each piece of final text; returning non-zero stops the generation.
 typedef int (*GenEmit)(void *user, const char *text, size_t len);
 typedef struct {
@@ -90,6 +156,7 @@ typedef struct {
     char *text;                // the text, cut before a stop string (malloc'd)
     size_t len;
     FinishReason finish;
+    GenTiming timing;          // prefill and decode time
 } GenResult;
 // The whole loop: gen_new, gen_next until done (emit may be NULL), results into out.
 int generate(const Model *m, const LoraAdapter *lora, const Tokenizer *tok, const int *prompt,

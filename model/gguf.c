@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "model/io_internal.h"
+#include "quant/quant.h"
 
 #define GGUF_DEFAULT_ALIGNMENT 32
 #define GGUF_MAX_ARRAY_DEPTH 4
@@ -632,12 +633,34 @@ int ggw_set_arr_i32(GgufWriter *w, const char *key, const int32_t *vals, uint64_
 
 int ggw_add_f32(GgufWriter *w, const char *name, GgmlType type, int n_dims, const int64_t *ne,
                 const float *data, Err *e) {
-    if (n_dims < 1) return err_set(e, "GGUF writer: tensor %s: no dimensions", name);
-    return enc_add(&w->t, "GGUF writer", name, as_st_dtype(type), n_dims, ne, data, e);
+    static const char WHO[] = "GGUF writer";
+    if (n_dims < 1) return err_set(e, "%s: tensor %s: no dimensions", WHO, name);
+    if (as_st_dtype(type) != ST_OTHER) {
+        if (enc_add(&w->t, WHO, name, as_st_dtype(type), n_dims, ne, data, e)) return -1;
+        w->t.t[w->t.n - 1].gtype = type;
+        return 0;
+    }
+    const TypeInfo *ti = type_info(type);
+    if (!ggq_quantizable(type))
+        return err_set(e, "%s: tensor %s: cannot write type %s (F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1)",
+                       WHO, name, ti ? ti->name : "?");
+    EncTensor *t = enc_push(&w->t, WHO, name, n_dims, ne, ti->block, (size_t)ti->bytes, e);
+    if (!t) return -1;
+    t->gtype = type;
+    int64_t rows = 1;
+    for (int d = 1; d < n_dims; d++) rows *= ne[d];
+    GgqMatrix m;
+    int rc = ggq_quantize_rows(type, data, rows, ne[0], t->data)
+                 ? err_set(e, "%s: tensor %s: cannot quantize rows of %lld values", WHO, name, (long long)ne[0])
+                 : ggq_init(&m, type, rows, ne[0], t->data, t->nbytes, name, e) || ggq_check_scales(&m, e);
+    if (rc) {  // an empty tensor, or a non-finite scale: not kept, the writer stays usable
+        free(t->name);
+        free(t->data);
+        w->t.n--;
+        return -1;
+    }
+    return 0;
 }
-
-// The ggml type of a tensor held as a safetensors dtype.
-static GgmlType as_ggml(StDtype d) { return d == ST_F16 ? GGML_F16 : d == ST_BF16 ? GGML_BF16 : GGML_F32; }
 
 static size_t pad_to(size_t x, size_t a) { return (x + a - 1) / a * a; }
 
@@ -658,7 +681,7 @@ int ggw_save(GgufWriter *w, const char *path, Err *e) {
         buf_str(&h, t->name);
         buf_u32(&h, (uint32_t)t->ndim);
         for (int d = 0; d < t->ndim; d++) buf_u64(&h, (uint64_t)t->shape[d]);
-        buf_u32(&h, (uint32_t)as_ggml(t->dtype));
+        buf_u32(&h, (uint32_t)t->gtype);
         buf_u64(&h, off);
         off = pad_to(off + t->nbytes, A);
     }

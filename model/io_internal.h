@@ -20,6 +20,7 @@ typedef struct {
     int64_t shape[AG_MAXDIM];
     void *data;
     size_t nbytes;
+    int gtype;  // GGUF writer: the ggml type of data (set by gguf.c; 0 = F32 otherwise)
 } EncTensor;
 typedef struct {
     EncTensor *t;
@@ -28,16 +29,20 @@ typedef struct {
 // Appends a converted copy; errors (bad dtype/rank, duplicate name, OOM) are prefixed by who.
 int enc_add(EncList *l, const char *who, const char *name, StDtype dtype, int ndim,
             const int64_t *shape, const float *data, Err *e);
+// Appends a tensor of (Π shape / block_elems) · block_bytes bytes, data allocated but not
+// written (the caller fills it; dtype 0), after checking the name, the rank, the dimensions
+// and, for blocks of block_elems > 1 values, that shape[0] (a row) is whole blocks. NULL on
+// error (message prefixed by who).
+EncTensor *enc_push(EncList *l, const char *who, const char *name, int ndim, const int64_t *shape,
+                    int block_elems, size_t block_bytes, Err *e);
 void enc_free(EncList *l);
 // Writes header then every tensor's bytes, each padded with zeros to a multiple of align
 // (1 = packed), to path atomically.
 int enc_save(const char *path, const void *header, size_t header_len, const EncList *l,
              size_t align, Err *e);
 
-// load.c: a model with config c and its rotary frequencies, no weights yet (config checked);
-// the (rows, cols) of base weight t.
+// load.c: a model with config c and its rotary frequencies, no weights yet (config checked).
 Model *model_alloc(const ModelConfig *c, const char *source, Err *e);
-void model_weight_dims(const ModelConfig *c, LoraTarget t, int64_t *rows, int64_t *cols);
 // nf4_cache.c: the quantized-base cache of an NF4 model loaded from src. Reading returns NULL
 // when the cache is absent, of another source or damaged; writing is atomic.
 Model *model_cache_read(const char *cache, const char *src, Err *e);

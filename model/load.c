@@ -262,6 +262,28 @@ static int model_fill(Model *m, ReadFn rd, void *ctx, const GgufCtx *gq, float n
     const char *src = m->source;
     int64_t V = c->vocab_size, C = c->dim;
     int absent = 0;
+    m->quant = quant;
+    // GGUF embeddings / classifier in ggml blocks, loaded as they are (no --quant): kept in
+    // their blocks (rows dequantized when read), not expanded to fp32
+    if (gq && quant == QUANT_NONE && gguf_is_quantized(gq, R_EMB, 0, 0)) {
+        if (ggq_weight(gq, R_EMB, 0, 0, c, 0, V, C, V, &m->emb, e)) return -1;
+        m->emb.name = "tok_emb";
+        m->lm_head = m->emb;
+        m->lm_head.owns_data = 0;
+        m->lm_head.name = "lm_head";
+        if (!c->tied_embeddings) {
+            if (gguf_is_quantized(gq, R_LM_HEAD, 0, 0)) {
+                if (ggq_weight(gq, R_LM_HEAD, 0, 0, c, 0, V, C, V, &m->lm_head, e)) return -1;
+            } else {
+                float *head = read_new(rd, ctx, R_LM_HEAD, 0, 0, V, C, &absent, e);
+                if (!head && !absent) return -1;
+                if (head) m->lm_head = (Weight){WT_F32, V, C, head, 1, "lm_head"};
+                else m->cfg.tied_embeddings = 1;
+            }
+            m->lm_head.name = "lm_head";
+        }
+        goto norms;
+    }
     // embeddings; a file may store only the classifier (then the two are one table)
     float *emb = read_new(rd, ctx, R_EMB, 0, 0, V, C, &absent, e);
     float *head = NULL;
@@ -283,7 +305,6 @@ static int model_fill(Model *m, ReadFn rd, void *ctx, const GgufCtx *gq, float n
             m->cfg.tied_embeddings = 1;
         }
     }
-    m->quant = quant;
     if (quant == QUANT_NF4) {  // QLoRA keeps the embeddings and the classifier in 16 bits
         uint16_t *eb = to_bf16(emb, V * C, e);
         m->emb = (Weight){WT_BF16, V, C, eb, 1, "tok_emb"};
@@ -308,6 +329,7 @@ static int model_fill(Model *m, ReadFn rd, void *ctx, const GgufCtx *gq, float n
         m->emb = (Weight){WT_F32, V, C, emb, 0, "tok_emb"};
         m->lm_head = (Weight){WT_F32, V, C, head ? head : emb, head != NULL, "lm_head"};
     }
+norms:
     m->final_norm = wrap_vec(read_new(rd, ctx, R_FINAL_NORM, 0, 0, C, 0, &absent, e), C,
                              "final_norm", e);
     if (!m->final_norm) return read_missing(absent, src, "final norm (model.norm / output_norm)", e);
@@ -721,11 +743,13 @@ static int ggq_weight(const GgufCtx *gc, Role r, int l, LoraTarget t, const Mode
             for (int j = 0; j < 2; j++)
                 memcpy(dst + ((size_t)h * D + (size_t)j * D / 2 + i) * rb, src + ((size_t)h * D + 2 * i + j) * rb, rb);
     GgqMatrix *q = (GgqMatrix *)mem;
-    if (ggq_init(q, (int)gt->type, rows, cols, dst, rb * (size_t)rows, lora_target_name(t), e) || ggq_check_scales(q, e)) {
+    const char *label = r == R_EMB ? "tok_emb" : r == R_LM_HEAD ? "lm_head" : lora_target_name(t);
+    if (ggq_init(q, (int)gt->type, rows, cols, dst, rb * (size_t)rows, label, e) || ggq_check_scales(q, e)) {
         free(mem);
         return err_set(e, "%s: layer %d: %s", gc->path, l, e->msg);
     }
-    *out = (Weight){WT_GGQ, rows, cols, q, 1, lora_target_name(t)};
+    *out = (Weight){WT_GGQ, rows, cols, q, 1, label};
+    release_mapped(gt->data, gt->nbytes);
     return 0;
 }
 

@@ -108,8 +108,14 @@ void model_free(Model *m);
 // Writes m as a HF directory (config.json + model.safetensors in F32), atomically per file.
 int model_save_hf(const Model *m, const char *dir, Err *e);
 // Writes a random-weight Llama with config cfg as a HF directory (weights ~ N(0, std²),
-// norms 1). Used by the built-in demo and tests.
+// norms 1). Used by the built-in demo and tests. The weights are std · rng_normal draws of
+// one Rng seeded with seed, in this order: embeddings, each layer's q k v o gate up down
+// (LoraTarget order, row-major), the classifier when untied (`lora init-model --out F.gguf`
+// draws the same).
 int model_write_random(const ModelConfig *cfg, uint64_t seed, float std, const char *dir, Err *e);
+// The (rows, cols) of a layer's base weight t under config c (q (H·D, dim), k/v (KVH·D, dim),
+// o (dim, H·D), gate/up (hidden, dim), down (dim, hidden)).
+void model_weight_dims(const ModelConfig *c, LoraTarget t, int64_t *rows, int64_t *cols);
 // Fills cfg with defaults for a llama of the given shape (eps 1e-5, theta 10000, ...).
 void model_config_default(ModelConfig *cfg, int dim, int hidden_dim, int n_layers, int n_heads,
                           int n_kv_heads, int vocab_size, int max_seq_len);
@@ -322,8 +328,10 @@ int ggw_set_bool(GgufWriter *w, const char *key, int val, Err *e);
 int ggw_set_arr_str(GgufWriter *w, const char *key, const char *const *vals, uint64_t n, Err *e);
 int ggw_set_arr_f32(GgufWriter *w, const char *key, const float *vals, uint64_t n, Err *e);
 int ggw_set_arr_i32(GgufWriter *w, const char *key, const int32_t *vals, uint64_t n, Err *e);
-// Adds a tensor given as row-major fp32 with GGUF dims ne (fastest first), stored as type
-// (F32/F16/BF16); data is copied.
+// Adds a tensor given as row-major fp32 with GGUF dims ne (fastest first), stored as type:
+// F32/F16/BF16 (round to nearest even), or Q8_0/Q4_0/Q4_1/Q5_0/Q5_1 (ggq_quantize_rows, as
+// llama.cpp's reference quantizers; ne[0] a multiple of 32; -1 when a scale comes out
+// non-finite). data is copied (encoded); a tensor that fails is not added.
 int ggw_add_f32(GgufWriter *w, const char *name, GgmlType type, int n_dims, const int64_t *ne,
                 const float *data, Err *e);
 int ggw_save(GgufWriter *w, const char *path, Err *e);  // atomic, alignment 32

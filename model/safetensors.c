@@ -344,43 +344,69 @@ void enc_free(EncList *l) {
     memset(l, 0, sizeof *l);
 }
 
-int enc_add(EncList *l, const char *who, const char *name, StDtype dtype, int ndim,
-            const int64_t *shape, const float *data, Err *e) {
-    if (dtype != ST_F32 && dtype != ST_F16 && dtype != ST_BF16)
-        return err_set(e, "%s: tensor %s: only F32/F16/BF16 can be written", who, name);
-    if (ndim < 0 || ndim > AG_MAXDIM)
-        return err_set(e, "%s: tensor %s: bad number of dimensions %d", who, name, ndim);
-    if (!*name || strlen(name) >= 256)
-        return err_set(e, "%s: invalid tensor name \"%.60s\"", who, name);
+EncTensor *enc_push(EncList *l, const char *who, const char *name, int ndim, const int64_t *shape,
+                    int block_elems, size_t block_bytes, Err *e) {
+    if (ndim < 0 || ndim > AG_MAXDIM) {
+        err_set(e, "%s: tensor %s: bad number of dimensions %d", who, name, ndim);
+        return NULL;
+    }
+    if (!*name || strlen(name) >= 256) {
+        err_set(e, "%s: invalid tensor name \"%.60s\"", who, name);
+        return NULL;
+    }
     for (int i = 0; i < l->n; i++)
-        if (!strcmp(l->t[i].name, name)) return err_set(e, "%s: tensor %s added twice", who, name);
+        if (!strcmp(l->t[i].name, name)) {
+            err_set(e, "%s: tensor %s added twice", who, name);
+            return NULL;
+        }
     int64_t n = 1;
     for (int i = 0; i < ndim; i++) {
-        if (shape[i] < 0) return err_set(e, "%s: tensor %s: negative dimension", who, name);
+        if (shape[i] < 0) {
+            err_set(e, "%s: tensor %s: negative dimension", who, name);
+            return NULL;
+        }
         n *= shape[i];
+    }
+    if (block_elems > 1 && (ndim < 1 || shape[0] % block_elems)) {
+        err_set(e, "%s: tensor %s: rows of %lld values are not whole blocks of %d", who, name,
+                (long long)(ndim ? shape[0] : 1), block_elems);
+        return NULL;
     }
     if (l->n == l->cap) {
         int cap = l->cap ? 2 * l->cap : 64;
         EncTensor *t = realloc(l->t, (size_t)cap * sizeof *t);
-        if (!t) return err_set(e, "out of memory adding tensor %s", name);
+        if (!t) {
+            err_set(e, "out of memory adding tensor %s", name);
+            return NULL;
+        }
         l->t = t;
         l->cap = cap;
     }
     EncTensor *t = &l->t[l->n];
     memset(t, 0, sizeof *t);
-    t->nbytes = (size_t)n * dtype_info(dtype)->size;
+    t->nbytes = (size_t)(n / block_elems) * block_bytes;
     t->name = strdup(name);
-    t->data = xmalloc(t->nbytes, name, e);
+    t->data = xmalloc(t->nbytes ? t->nbytes : 1, name, e);
     if (!t->name || !t->data) {
         free(t->name);
         free(t->data);
-        return err_set(e, "out of memory adding tensor %s", name);
+        err_set(e, "out of memory adding tensor %s", name);
+        return NULL;
     }
-    t->dtype = dtype;
     t->ndim = ndim;
     for (int i = 0; i < ndim; i++) t->shape[i] = shape[i];
-    st_encode_f32(dtype, data, n, t->data);
     l->n++;
+    return t;
+}
+
+int enc_add(EncList *l, const char *who, const char *name, StDtype dtype, int ndim,
+            const int64_t *shape, const float *data, Err *e) {
+    if (dtype != ST_F32 && dtype != ST_F16 && dtype != ST_BF16)
+        return err_set(e, "%s: tensor %s: only F32/F16/BF16 can be written", who, name);
+    EncTensor *t = enc_push(l, who, name, ndim, shape, 1, dtype_info(dtype)->size, e);
+    if (!t) return -1;
+    t->dtype = dtype;
+    st_encode_f32(dtype, data, (int64_t)(t->nbytes / dtype_info(dtype)->size), t->data);
     return 0;
 }
 

@@ -133,26 +133,60 @@ static int isa_level(const char *isa) {
     return -1;
 }
 
+// The extensions beside that ordering, used by the decode GEMVs (qgemv*.c): the integer dot
+// products. As a LORA_ISA value each names a CPU generation and caps the levels as the one
+// below it: avxvnni = avx2 + AVX-VNNI (Alder Lake), avx512vnni = avx512f + AVX-512 VNNI
+// (Cascade Lake). Which of them each LORA_ISA value allows: avx2 and avx512 none (Haswell and
+// Skylake-X have no VNNI), avxvnni only avxvnni, avx512vnni both kinds (each still needs its CPU
+// flag), avx512bf16 both too (every AVX-512 BF16 CPU has AVX-512 VNNI); unset or unknown: all.
+enum { EXT_AVXVNNI = 1, EXT_AVX512VNNI = 2 };
+static int ext_bit(const char *isa) {
+    if (!strcmp(isa, "avxvnni")) return EXT_AVXVNNI;
+    if (!strcmp(isa, "avx512vnni")) return EXT_AVX512VNNI;
+    return 0;
+}
+
 static int isa_cap(void) {
     const char *v = getenv("LORA_ISA");
     if (!v || !*v) return 99;
     int l = isa_level(v);
+    if (l < 0 && ext_bit(v)) l = ext_bit(v) == EXT_AVX512VNNI ? 2 : 1;  // their base level
     return l < 0 ? 99 : l;  // an unknown value caps nothing (lora info reports it)
+}
+
+static int ext_cap(void) {
+    const char *v = getenv("LORA_ISA");
+    if (!v || !*v) return 3;
+    if (!strcmp(v, "avxvnni")) return EXT_AVXVNNI;
+    if (!strcmp(v, "avx512vnni") || !strcmp(v, "avx512bf16")) return EXT_AVXVNNI | EXT_AVX512VNNI;
+    return isa_level(v) < 0 ? 3 : 0;
 }
 
 // Which of the levels 0..3 this CPU has and LORA_ISA allows: decided once per process (the
 // decode kernels ask on every call).
 static pthread_once_t isa_once = PTHREAD_ONCE_INIT;
-static int isa_ok[4];
+static int isa_ok[4], ext_ok;
 static void isa_init(void) {
     const int cap = isa_cap();
     CpuInfo ci;
     cpu_info(&ci);
     const int has[4] = {1, (ci.avx2 && ci.fma) || ci.neon, ci.avx512, ci.avx512bf16};
     for (int l = 0; l < 4; l++) isa_ok[l] = has[l] && l <= cap;
+    int ext = 0;
+#if defined(__x86_64__)
+    __builtin_cpu_init();
+    if (ci.avx2 && ci.fma && __builtin_cpu_supports("avxvnni")) ext |= EXT_AVXVNNI;
+    if (ci.avx512 && __builtin_cpu_supports("avx512vnni")) ext |= EXT_AVX512VNNI;
+#endif
+    ext_ok = ext & ext_cap();
 }
 
 int cpu_isa_usable(const char *isa) {
+    const int eb = ext_bit(isa);
+    if (eb) {
+        pthread_once(&isa_once, isa_init);
+        return (ext_ok & eb) != 0;
+    }
     int lvl = isa_level(isa);
     if (lvl < 0) return 0;
 #if defined(__x86_64__)

@@ -205,6 +205,26 @@ int ggq_matmul_xwt(const float *x, int64_t N, const GgqMatrix *w, float *y, int 
 int ggq_matmul_dyw(const float *dy, int64_t N, const GgqMatrix *w, float *dx, int accumulate,
                    float *scratch, Err *e);
 
+// ---- GGUF quantizers (ggml_quantize.c): fp32 rows -> Q8_0, Q4_0, Q4_1, Q5_0, Q5_1 ----------
+// The blocks llama.cpp's reference quantizers (quantize_row_*_ref: llama-quantize's without an
+// importance matrix) write for the same input, byte for byte. Per block of 32 values x:
+//   Q8_0:        d = amax / 127;                 q = roundf(x·(1/d))  (half away from zero)
+//   Q4_0 (Q5_0): d = s / -8 (-16), s the value of largest magnitude (the first on ties);
+//                q = min(15 (31), trunc(x·(1/d) + 8.5 (16.5))): round half up, s -> code 0
+//   Q4_1 (Q5_1): d = (max - min) / 15 (31), m = min; q = min(15 (31), trunc((x - m)·(1/d) + 0.5))
+// 1/d is taken of the fp32 d (0 when d = 0: an all-zero block), d and m are stored as fp16
+// rounded to nearest even. So before the clamp |x/d - code value| <= 1/2, and with the fp16
+// d' (and m') ggq_dequant_rows gives |x - x'| <= |d|/2 + Q·|d - d'| (+ |m - m'|) + fp32
+// rounding, Q the largest code magnitude (127, 8, 16, 15, 31); the one exception, Q4_0/Q5_0's
+// clamp, lets a value of the other sign at -s's magnitude land a whole |d| away.
+// 1 for the five types above.
+int ggq_quantizable(int type);
+// x (rows, cols) row-major -> out: rows · ggq_row_bytes(type, cols) bytes. cols a multiple of
+// 32. Deterministic; parallel over rows when called outside a parallel region. Non-finite
+// input gives non-finite scales (check with ggq_init + ggq_check_scales). -1 when the type is
+// not quantizable or cols is not a multiple of 32 (nothing written), else 0.
+int ggq_quantize_rows(int type, const float *x, int64_t rows, int64_t cols, void *out);
+
 // =========================================================================================
 // ---- the tiled GEMM over frozen weights (gemm.c, gemm_x86.c, gemm_neon.c) ----------------
 // =========================================================================================
@@ -325,3 +345,69 @@ const char *openblas_coretype_for(const char *core, const CpuInfo *ci);
 // which the calibration shape does not show (a whole training step, AVX2 build: ours at 0.91×
 // OpenBLAS on the shape ran the step 1.08× faster).
 #define KC_OWN_MARGIN 1.15
+
+// =========================================================================================
+// ---- decode: matrix-vector products in the weights' stored format (qgemv*.c) ------------
+// =========================================================================================
+// Generation reads every frozen weight once per step, so it is bound by memory bandwidth: the
+// weights stay in their stored format and are never expanded to fp32 in memory. For the GGUF
+// block formats the activation is quantized ONCE per token to 8-bit blocks (as llama.cpp's
+// Q8_0 / Q8_K: blocks of 32 with one scale for Q4_0..Q8_0, blocks of 256 with one scale and
+// sums of 16 for the K formats) and the products are integer dot products (AVX-512 VNNI
+// vpdpbusd, AVX2 vpmaddubsw, NEON sdot, or portable C), one fp32 scale per block. NF4, bf16
+// and f32 weights take the fp32 activation as it is (NF4 through its fused decode kernel).
+//
+// Rows are independent: the result for activation g does not depend on how many activations
+// are passed with it nor on the row range, bit for bit (a request's greedy output is the same
+// alone or batched). No threading inside: the caller splits row ranges across its threads.
+//
+// Variants (qv_kernel_name "format-isa"): every format has a portable C one ("q4_0-c", written
+// for the compiler's auto-vectoriser: the fallback on any CPU); x86-64 adds, compiled in
+// whatever -march: f32 / bf16 avx2 and avx512 (FMA); NF4 avx2 (two 8-entry vpermps and a
+// blend) and avx512 (nf4_gemv's kernels); each GGUF type avx2 (vpmaddubsw), avxvnni (ymm
+// vpdpbusd), avx512 (zmm vpmaddubsw) and avx512vnni (zmm vpdpbusd); aarch64 adds nf4-neon and
+// neon for f32, bf16 and each GGUF type (vmull_s8 / vpadalq_s16). LORA_ISA caps them as the
+// GEMM's; avxvnni and avx512vnni are allowed by LORA_ISA=avxvnni / avx512vnni / avx512bf16 (or
+// unset), not by avx2 / avx512.
+// Accuracy: NF4, bf16, f32 as an fp32 dot product of the exact weights. GGUF: each element of
+// x is rounded to its block's 8-bit grid (error <= d/2, d = block amax / 127); the integer
+// block sums are exact, fp32 rounding only in the per-block scaling and the sum over blocks
+// (a block's product may be two exact integer sums scaled separately: Q4_1 / Q5_1 / K mins,
+// and Q4_0 / Q5_0's offset in the x86 variants, through x's exact block sums). Variants differ
+// from each other by fp32 rounding only (order of the sums), each one deterministic. A NaN or
+// Inf in x gives NaN in every output.
+typedef enum { QV_F32 = 0, QV_BF16, QV_NF4, QV_GGQ } QvFormat;
+typedef struct {
+    QvFormat fmt;
+    int64_t rows, cols;       // (rows, cols) row-major; y = W x
+    const void *data;         // QV_F32: float[rows*cols]; QV_BF16: uint16_t[rows*cols];
+                              // QV_NF4: const Nf4Matrix *; QV_GGQ: const GgqMatrix *
+} QvMatrix;
+typedef struct QvKernel QvKernel;
+// Every product variant compiled in (each format: portable C, and the ISA variants).
+int qv_kernel_count(void);
+const QvKernel *qv_kernel_at(int i);
+const char *qv_kernel_name(const QvKernel *k);   // "q4_0-avx512vnni", "nf4-c", ...
+int qv_kernel_usable(const QvKernel *k);         // this CPU runs it and LORA_ISA allows it
+// 1 when k computes products for matrices like w (format, GGUF type, shape constraints).
+int qv_kernel_fits(const QvKernel *k, const QvMatrix *w);
+// The variant used for w: chosen at run time, or forced by LORA_QV_KERNEL=NAME[,NAME...] (the
+// first listed name that is usable and fits w). The rule: the first call for a format (each
+// GGUF type on its own) times every usable variant of it once on a synthetic matrix of that
+// format (4096 columns, ~2 MiB of weights, one activation, best of 3 after a warm-up: a few ms)
+// and keeps the fastest for the process; the portable C variant is always a candidate. Thread-
+// safe (a mutex; the measurement runs on the calling thread). NULL only when no variant fits
+// (NF4 needs cols % 64 == 0; GGUF whole blocks).
+const QvKernel *qv_kernel_for(const QvMatrix *w);
+// Bytes of one activation prepared for k's products with a matrix of w's shape.
+size_t qv_act_bytes(const QvKernel *k, const QvMatrix *w);
+// x (cols) fp32 -> qx (qv_act_bytes): the activation as k's products take it (the same bytes
+// for every variant of a format: 8-bit blocks for GGUF, x reordered for NF4, x for f32 / bf16).
+// qx: 4-byte aligned (qv_act_bytes is a multiple of 64, so consecutive activations keep the
+// alignment of the first). O(cols), on the calling thread.
+void qv_prepare(const QvKernel *k, const QvMatrix *w, const float *x, void *qx);
+// Rows [r0, r0+nr) of W against G prepared activations (qx: G × qv_act_bytes, consecutive)
+// -> y (G, ldy): y[g*ldy + r] = W[r,:] · x_g for r in [r0, r0+nr) (y[g*ldy + r], NOT
+// y[g*ldy + r - r0]), accumulate: += instead of =.
+void qv_gemv(const QvKernel *k, const QvMatrix *w, int64_t r0, int64_t nr, const void *qx, int G, float *y,
+             int64_t ldy, int accumulate);

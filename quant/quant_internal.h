@@ -5,6 +5,7 @@
 #pragma once
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 #include "quant/quant.h"
 
 // Elements per OpenMP chunk of a dequantization and the smallest job worth a parallel region.
@@ -79,3 +80,77 @@ void qg_pack_a_words(const GemmKernel *g, uint32_t *ap, int64_t KPT, int64_t kpo
                      int64_t K, int64_t lda);
 void qg_pack_b_words(const GemmKernel *g, int xwt, uint32_t *P, const float *T, int64_t ldt, int64_t nc,
                      int64_t kc);
+
+// =========================================================================================
+// ---- decode GEMV variants (qgemv.c drives and chooses; qgemv.c's portable C, qgemv_x86.c
+// and qgemv_neon.c define them; nf4_gemv.c supplies NF4's row kernels) --------------------
+// =========================================================================================
+// Rows [r0, r0+nr) of w against G activations prepared by the format's qv_prepare (qx: G
+// consecutive activations of act bytes each) -> y[g*ldy + r] (=, or += when accumulate).
+typedef void (*QvGemvFn)(const QvMatrix *w, int64_t r0, int64_t nr, const uint8_t *qx, size_t act, int G, float *y,
+                         int64_t ldy, int accumulate);
+struct QvKernel {
+    const char *name;  // "q4_0-avx512vnni": format-isa
+    const char *isa;   // what the CPU needs (cpu_isa_usable)
+    QvFormat fmt;
+    int type;          // QV_GGQ: the GGQ_* type; 0 otherwise
+    QvGemvFn gemv;
+};
+// Activations per pass over a row of W inside a kernel (more are taken in passes of this many;
+// each activation's sums are the same whatever pass it is in).
+#define QV_GMAX 4
+
+// A prepared activation for the GGUF formats (x of cols values, nb = cols / QK blocks), one
+// byte array: q int8 [nb*QK] (x / d rounded to nearest even, |q| <= 127), then d fp32 [nb]
+// (the block's amax / 127), then s fp32 [nb] (d * Σq: llama.cpp's Q8_1 s; QK 32 only), then
+// bs int16 [nb * QK/16] (QK 256: Σq of each 16; QK 32: Σq of the block). Whole size rounded
+// up to 64 bytes. The layout does not depend on the variant (one preparation for all).
+typedef struct {
+    const int8_t *q;
+    const float *d, *s;
+    const int16_t *bs;
+} QvAct;
+static inline QvAct qv_act_view(const uint8_t *p, int64_t cols, int qk) {
+    const int64_t nb = cols / qk;
+    QvAct a;
+    a.q = (const int8_t *)p;
+    a.d = (const float *)(p + cols);
+    a.s = a.d + nb;
+    a.bs = (const int16_t *)(a.s + (qk == 32 ? nb : 0));
+    return a;
+}
+static inline size_t qv_act_size_q8(int64_t cols, int qk) {
+    const int64_t nb = cols / qk;
+    size_t n = (size_t)cols + (size_t)nb * 4 * (qk == 32 ? 2 : 1) + (size_t)nb * 2 * (qk == 32 ? 1 : 16);
+    return (n + 63) & ~(size_t)63;
+}
+
+// IEEE half -> float, exact, portable (unaligned source allowed).
+static inline float qv_half(const uint8_t *p) {
+    uint16_t h = (uint16_t)(p[0] | p[1] << 8);
+    uint32_t o = (uint32_t)(h & 0x7fff) << 13, e = o & (0x7c00u << 13), bits;
+    float f;
+    if (e == 0x7c00u << 13) {          // Inf / NaN
+        bits = o + ((uint32_t)(128 - 16) << 23) + ((uint32_t)(127 - 15) << 23);
+        memcpy(&f, &bits, 4);
+    } else if (e == 0) {               // zero / subnormal: the mantissa times 2^-24
+        f = (float)(h & 0x3ff) * 5.9604644775390625e-8f;
+    } else {
+        bits = o + ((uint32_t)(127 - 15) << 23);
+        memcpy(&f, &bits, 4);
+    }
+    if (h & 0x8000) f = -f;
+    return f;
+}
+
+// NF4's fused decode rows (nf4_gemv.c), shared with the qv variants:
+// x (C) -> xr (C) in the kernel's lane order (C % 64 == 0)
+void nf4_gemv_reorder(const float *x, int64_t C, float *xr);
+// rows [r0, r1) of W against N reordered activations (xr + i*xstride) -> y[i*ldy + r].
+// kind: 0 portable C, 1 NEON (aarch64), 2 AVX-512, 3 AVX2 + FMA (x86-64); the caller checks the CPU.
+void nf4_gemv_rows(const Nf4Matrix *w, int64_t r0, int64_t r1, const float *xr, int64_t xstride, int64_t N, float *y,
+                   int64_t ldy, int accumulate, int kind);
+
+// The ISA variants (NULL-terminated; just NULL when not compiled for this architecture).
+extern const QvKernel *const qv_kernels_x86[];
+extern const QvKernel *const qv_kernels_neon[];

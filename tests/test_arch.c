@@ -235,9 +235,9 @@ static void run_ggq(const char *root) {
                 snprintf(types + strlen(types), sizeof types - strlen(types), "%s%s", types[0] ? "," : "", tn);
         }
     snprintf(label, sizeof label, "ggq: %d/%d linear weights kept in their ggml blocks (%s); "
-                                  "token_embd/output dequantized to %s/%s",
+                                  "token_embd/output (Q8_0/Q6_K) kept too: %s/%s",
              nq, total, types, weight_type_name(mq->emb.type), weight_type_name(mq->lm_head.type));
-    CHECK(label, nq == total && nq == 14 && mq->emb.type == WT_F32 && mq->lm_head.type == WT_F32,
+    CHECK(label, nq == total && nq == 14 && mq->emb.type == WT_GGQ && mq->lm_head.type == WT_GGQ,
           "want all 14 as %s", weight_type_name(WT_GGQ));
 
     // the same LoRA (random A and B) on both; logits and gradients must agree

@@ -669,6 +669,165 @@ static void test_eval(const Fixture *f) {
     model_free(m);
 }
 
+// ---- the batched engine: a row's logits do not depend on the rows it shares a step with ---
+#define EB_ROWS 7
+#define EB_STEPS 5
+// Runs row r alone (engine of one row): its prompt, then EB_STEPS greedy steps; logits of
+// each decode step -> want[r] (EB_STEPS, V), its tokens -> tok[r].
+static int engine_alone(const Model *m, const LoraAdapter *lora, const int *prompt, int np, float *want, int *tok,
+                        Err *e) {
+    const int V = m->cfg.vocab_size;
+    Engine *en = engine_new(m, 1, e);
+    KVCache *kv = en ? kv_new(&m->cfg, np + EB_STEPS + 1, e) : NULL;
+    float *logits = malloc(sizeof(float) * (size_t)V);
+    int rc = !kv || !logits || engine_prefill(en, lora, kv, prompt, np, logits, e);
+    for (int s = 0; !rc && s < EB_STEPS; s++) {
+        int best = 0;
+        for (int v = 1; v < V; v++)
+            if (logits[v] > logits[best]) best = v;
+        tok[s] = best;
+        rc = engine_decode(en, &lora, &kv, &best, 1, &logits, e);
+        if (!rc) memcpy(want + (size_t)s * V, logits, sizeof(float) * (size_t)V);
+    }
+    free(logits);
+    kv_free(kv);
+    engine_free(en);
+    return rc ? -1 : 0;
+}
+
+// EB_ROWS sequences (the base, and adapters: two rows share one) of different prompt lengths:
+// alone, then batched with rows joining and leaving between steps. Every decode step's
+// logits must be bit-identical.
+static void check_engine_batch(const char *what, const Model *m, LoraAdapter **ad, int n_ad) {
+    Err e = {{0}};
+    const int V = m->cfg.vocab_size;
+    const LoraAdapter *lora[EB_ROWS];
+    int prompt[EB_ROWS][16], np[EB_ROWS], tok[EB_ROWS][EB_STEPS], k[EB_ROWS] = {0};
+    float *want = malloc(sizeof(float) * (size_t)EB_ROWS * EB_STEPS * V);
+    Rng r;
+    rng_seed(&r, 77);
+    int rc = 0;
+    for (int i = 0; i < EB_ROWS && !rc; i++) {
+        lora[i] = i == 0 ? NULL : ad[(i - 1) % n_ad];  // rows 1 and 1+n_ad share an adapter
+        np[i] = 1 + i * 2;
+        for (int j = 0; j < np[i]; j++) prompt[i][j] = (int)(rng_next(&r) % (uint64_t)V);
+        rc = engine_alone(m, lora[i], prompt[i], np[i], want + (size_t)i * EB_STEPS * V, tok[i], &e);
+    }
+    Engine *en = rc ? NULL : engine_new(m, EB_ROWS, &e);
+    KVCache *kv[EB_ROWS] = {0};
+    float *lg[EB_ROWS];
+    float *scratch = malloc(sizeof(float) * (size_t)V);
+    for (int i = 0; i < EB_ROWS; i++) lg[i] = malloc(sizeof(float) * (size_t)V);
+    for (int i = 0; en && i < EB_ROWS && !rc; i++)
+        rc = !(kv[i] = kv_new(&m->cfg, np[i] + EB_STEPS + 1, &e)) ||
+             engine_prefill(en, lora[i], kv[i], prompt[i], np[i], scratch, &e);
+    int same = 1, steps = 0;
+    for (int s = 0; en && !rc && steps < 64; s++, steps++) {
+        // this step's rows: each unfinished row, skipped on some steps (it joins later)
+        const LoraAdapter *sl[EB_ROWS];
+        KVCache *sk[EB_ROWS];
+        int st[EB_ROWS], idx[EB_ROWS], n = 0;
+        for (int i = 0; i < EB_ROWS; i++)
+            if (k[i] < EB_STEPS && (s + i) % 3 != 0) {
+                idx[n] = i;
+                sl[n] = lora[i];
+                sk[n] = kv[i];
+                st[n] = tok[i][k[i]];
+                n++;
+            }
+        int left = 0;
+        for (int i = 0; i < EB_ROWS; i++) left += k[i] < EB_STEPS;
+        if (!left) break;
+        if (!n) continue;
+        rc = engine_decode(en, sl, sk, st, n, lg, &e);
+        for (int j = 0; j < n && !rc; j++) {
+            int i = idx[j];
+            same &= !memcmp(lg[j], want + ((size_t)i * EB_STEPS + k[i]) * V, sizeof(float) * (size_t)V);
+            k[i]++;
+        }
+    }
+    // the engine against the tape's full recompute (model_forward over prompt + tokens, the
+    // trainer's path): the same greedy token wherever the recompute's top two are not a near
+    // tie (within 2% of its logit range: the 8-bit activations of the block formats move
+    // logits by about that much), a sanity check of the wiring (every format, LoRA, RoPE, GQA)
+    int agree = 1, checked = 0;
+    for (int i = 0; i < EB_ROWS && !rc; i++) {
+        int ids[32], T = np[i];
+        memcpy(ids, prompt[i], sizeof(int) * (size_t)T);
+        for (int st = 0; st < EB_STEPS; st++) ids[T + st] = tok[i][st];
+        float *l = logits_of_seq(m, lora[i], ids, T + EB_STEPS);
+        for (int st = 0; st < EB_STEPS; st++) {
+            const float *ref = l + (size_t)(T + st) * V, *got = want + ((size_t)i * EB_STEPS + st) * V;
+            int b1 = 0, b2 = -1, g = 0;
+            float lo = ref[0], hi = ref[0];
+            for (int v = 1; v < V; v++) {
+                if (ref[v] > ref[b1]) {
+                    b2 = b1;
+                    b1 = v;
+                } else if (b2 < 0 || ref[v] > ref[b2]) {
+                    b2 = v;
+                }
+                if (got[v] > got[g]) g = v;
+                lo = ref[v] < lo ? ref[v] : lo;
+                hi = ref[v] > hi ? ref[v] : hi;
+            }
+            if (ref[b1] - ref[b2] < 0.02f * (hi - lo)) continue;
+            checked++;
+            agree &= g == b1;
+        }
+        free(l);
+    }
+    char name[96];
+    snprintf(name, sizeof name, "engine_greedy_equals_recompute_%s", what);
+    CHECK(name, !rc && agree && checked > EB_ROWS, "%d steps checked; a greedy token differs from the tape's", checked);
+    snprintf(name, sizeof name, "engine_batch_equals_alone_%s", what);
+    CHECK(name, !rc && same, "%s", rc ? e.msg : "a row's logits changed with the rows sharing its step");
+    for (int i = 0; i < EB_ROWS; i++) {
+        kv_free(kv[i]);
+        free(lg[i]);
+    }
+    free(scratch);
+    free(want);
+    engine_free(en);
+}
+
+static void test_engine(const Fixture *f) {
+    Err e = {{0}};
+    const char *quant[2] = {"none", "nf4"};
+    char qdir[700], qfile[800], cmd[1700];
+    snprintf(qdir, sizeof qdir, "%s/ggq", f->dir);
+    snprintf(qfile, sizeof qfile, "%s/q.gguf", qdir);
+    snprintf(cmd, sizeof cmd, "mkdir -p %s && /usr/bin/python3 tests/ref_ggq_model.py %s > /dev/null 2>&1", qdir, qdir);
+    int have_ggq = system(cmd) == 0;
+    for (int q = 0; q < 3; q++) {
+        if (q == 2 && !have_ggq) {
+            SKIP("engine_batch_equals_alone_ggq", "tests/ref_ggq_model.py failed (numpy missing?)");
+            continue;
+        }
+        Model *m = q < 2 ? model_load_quant(f->model, quant[q], &e) : model_load(qfile, &e);
+        if (!m) {
+            CHECK("engine_setup", 0, "%s", e.msg);
+            continue;
+        }
+        LoraAdapter *ad[4] = {0};
+        int ok = 1;
+        for (int a = 0; a < 4 && ok; a++) {
+            ad[a] = lora_new(m, 2 + 2 * a, 8.0f, a == 3 ? (1u << LT_Q) | (1u << LT_DOWN) : (1u << LT_COUNT) - 1, 0.0f,
+                             0, 300 + a, &e);
+            ok = ad[a] != NULL;
+            Rng r;
+            rng_seed(&r, 400 + a);
+            for (int i = 0; ok && i < ad[a]->n_layers * LT_COUNT; i++)
+                if (ad[a]->B[i])
+                    for (int64_t j = 0; j < ad[a]->B[i]->n; j++) ad[a]->B[i]->data[j] = 0.1f * rng_normal(&r);
+        }
+        if (ok) check_engine_batch(q == 0 ? "f32" : q == 1 ? "nf4" : "ggq", m, ad, 4);
+        else CHECK("engine_setup", 0, "%s", e.msg);
+        for (int a = 0; a < 4; a++) lora_free(ad[a]);
+        model_free(m);
+    }
+}
+
 int main(void) {
     test_sampler();
     test_metrics();
@@ -678,6 +837,7 @@ int main(void) {
         return tu_exit();
     }
     test_generation(&f);
+    test_engine(&f);
     test_templates(&f);
     test_registry(&f);
     test_eval(&f);

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # A real llama.cpp accepts our exports: the npm package node-llama-cpp (its prebuilt linux-x64
 # llama.cpp, no compiler needed) loads the real stories260K.gguf with the GGUF LoRA adapter
-# `lora export` writes, and the GGUF `lora merge` writes, and greedy-generates the same tokens
-# as `lora generate --adapter` on the same prompt. The adapter is a LoRA trained here for a
-# few steps on stories260K.
+# `lora export` writes, the GGUF `lora merge` writes and the Q8_0 / Q4_0 GGUFs `lora convert
+# --outtype` writes, and greedy-generates the same tokens as `lora generate` (--adapter) on the
+# same prompt. The adapter is a LoRA trained here for a few steps on stories260K.
 #
 # node-llama-cpp is installed once into build/node-llama-cpp (about 85 MB, kept as a cache;
 # NODE_LLAMA_CPP_SKIP_DOWNLOAD=true, so it never tries to download or build llama.cpp). No
@@ -14,6 +14,18 @@ NLC_VERSION=3.22.1
 NLC=build/node-llama-cpp
 M=$(models_dir) || { skip llamacpp "no ../shared/models (stories260K)"; exit 0; }
 S=$M/stories260K
+# init-model straight to GGUF draws the weights init-model writes as a HF directory: the same
+# file as converting that directory (no node needed for this one)
+TI=$(tmpdir llamacpp_init)
+init=(--dim 64 --layers 2 --heads 4 --kv-heads 2 --ffn 96 --vocab 512 --seed 3)
+if "$L" init-model --out "$TI/hf" "${init[@]}" > /dev/null 2>&1 &&
+   "$L" init-model --out "$TI/direct.gguf" "${init[@]}" --outtype q4_0 --tokenizer "$S/tok512.model" > "$TI/init.log" 2>&1 &&
+   "$L" convert --model "$TI/hf" --out "$TI/converted.gguf" --outtype q4_0 --tokenizer "$S/tok512.model" > "$TI/conv.log" 2>&1 &&
+   cmp -s "$TI/direct.gguf" "$TI/converted.gguf"; then
+  pass init_model_gguf_same_as_convert
+else
+  fail init_model_gguf_same_as_convert "$(tail -n 2 "$TI/init.log" "$TI/conv.log" 2> /dev/null | tr '\n' ' ')"
+fi
 command -v node > /dev/null && command -v npm > /dev/null || { skip llamacpp "node/npm not installed"; exit 0; }
 
 if [ ! -f "$NLC/node_modules/node-llama-cpp/package.json" ] ||
@@ -79,6 +91,29 @@ check llamacpp_merged_from_hf_gguf_same_greedy "$adapter_ours" \
   "$(theirs "$T/merged_hf.gguf" - llamacpp_merged_from_hf_gguf_same_greedy)"
 python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print("llama.cpp with our adapter:", repr(d["text"]))' \
   "$T/llamacpp_gguf_adapter_same_greedy.json" 2> /dev/null
+# `lora convert --outtype`: our quantizers (llama.cpp's quantize_row_*_ref) on the real model.
+# Both sides multiply the same blocks with 8-bit-quantized activations but sum the block
+# products in another order (llama.cpp: FMA into SIMD lanes, and for Q4_0 its repacked
+# interleaved layout), so the logits differ in the last bits. Q8_0: the same 24 ids. Q4_0: the
+# ids agree until a near-tie of two logits picks differently, which the summation order decides
+# (measured on AMD Zen 5: 24 of 24, with the prompt in fp32 and the integer decode kernels; 11
+# of 24 with a bf16 prompt pass, which rounds the dequantized weights): the first 8 must agree.
+# common_prefix "A" "B": how many leading ids of two space-separated lists are equal
+common_prefix() {
+  local -a a=($1) b=($2); local i=0
+  while [ $i -lt ${#a[@]} ] && [ $i -lt ${#b[@]} ] && [ "${a[$i]}" = "${b[$i]}" ]; do i=$((i + 1)); done
+  echo $i
+}
+for qt in q8_0 q4_0; do
+  "$L" convert --model "$S/stories260K.gguf" --out "$T/$qt.gguf" --outtype $qt > "$T/convert_$qt.log" 2>&1 \
+    || { fail llamacpp_convert_$qt "$(tail -n 2 "$T/convert_$qt.log")"; continue; }
+  o=$(ours "$T/$qt.gguf") th=$(theirs "$T/$qt.gguf" - llamacpp_convert_$qt)
+  if [ $qt = q8_0 ]; then check llamacpp_convert_q8_0_same_greedy "$o" "$th"; continue; fi
+  k=$(common_prefix "$o" "$th")
+  echo "llamacpp_convert_q4_0: lora [$o] llama.cpp [$th]: the first $k of $N agree"
+  [ -n "$o" ] && [ "$k" -ge 8 ] && pass llamacpp_convert_q4_0_greedy_prefix \
+    || fail llamacpp_convert_q4_0_greedy_prefix "only the first $k ids agree: lora [$o] llama.cpp [$th]"
+done
 merged_ours=$(ours "$T/merged.gguf")
 [ "$merged_ours" = "$adapter_ours" ] && pass merged_gguf_same_greedy_in_lora \
   || fail merged_gguf_same_greedy_in_lora "merged [$merged_ours] adapter [$adapter_ours]"

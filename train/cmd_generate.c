@@ -17,7 +17,7 @@ int cmd_generate(int argc, char **argv) {
                    {"max-tokens", 0, 0},  {"temperature", 0, 0},  {"seed", 0, 0},      {"template", 0, 0},
                    {"top-k", 0, 0},       {"top-p", 0, 0},        {"min-p", 0, 0},     {"repetition-penalty", 0, 0},
                    {"stop", 0, 0},        {"no-bos", 0, 1},       {"ignore-eos", 0, 1}, {"print-ids", 0, 1},
-                   {"threads", 0, 0}, {"quant", 0, 0}};
+                   {"threads", 0, 0}, {"quant", 0, 0},        {"verbose", 0, 1}};
     const int nf = sizeof f / sizeof f[0];
     Err e = {{0}};
     int threads;
@@ -64,6 +64,13 @@ int cmd_generate(int argc, char **argv) {
     if (print_ids)
         for (int i = 0; i < res.n; i++) printf("%s%d", i ? " " : "", res.ids[i]);
     printf("\n");
+    if (cli_get(f, nf, "verbose", NULL)) {
+        // prefill: the prompt in one pass (GEMM); decode: the tokens after the first, one step each
+        const GenTiming *t = &res.timing;
+        fprintf(stderr, "timing: prompt %d tok %.3f s (%.1f tok/s), decode %d tok %.3f s (%.1f tok/s)\n",
+                t->prompt_tokens, t->prefill_s, t->prefill_s > 0 ? t->prompt_tokens / t->prefill_s : 0.0,
+                t->decode_tokens, t->decode_s, t->decode_s > 0 ? t->decode_tokens / t->decode_s : 0.0);
+    }
     rc = 0;
 done:
     if (rc) cli_fail(&e);

@@ -20,23 +20,6 @@ static void model_dir(const char *model_path, char *dir, size_t n) {
     snprintf(dir, n, "%s", is_directory(model_path) ? model_path : dirname(tmp));
 }
 
-// Where the merged GGUF's vocabulary comes from: --tokenizer, the source GGUF's own, or a
-// tokenizer.model beside the model; NULL when there is none.
-static const char *gguf_vocab_source(const char *model_path, const char *tok, char *buf, size_t n) {
-    if (tok) return tok;
-    if (!is_directory(model_path) && ends_with(model_path, ".gguf")) {
-        Err ignore;
-        Gguf *g = gguf_open(model_path, &ignore);
-        int has = g && gguf_get_str(g, "tokenizer.ggml.model") != NULL;
-        gguf_close(g);
-        if (has) return model_path;
-    }
-    char dir[1024];
-    model_dir(model_path, dir, sizeof dir);
-    path_join(buf, n, dir, "tokenizer.model");
-    return file_exists(buf) ? buf : NULL;
-}
-
 static int write_hf(const Model *m, const char *model_path, const char *tok, StDtype dtype, const char *out, Err *e) {
     char dir[1024], cfg[1100];
     model_dir(model_path, dir, sizeof dir);

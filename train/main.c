@@ -15,7 +15,7 @@ static const char *USAGE =
     "usage:\n"
     "  lora train [RECIPE.json] [--KEY VALUE ...]   fine-tune; every recipe key is also a flag\n"
     "  lora generate --model M [--tokenizer T] [--adapter PATH[:SCALE]] --prompt TEXT\n"
-    "                [--template TEMPLATE] [SAMPLING] [--no-bos] [--ignore-eos] [--print-ids]\n"
+    "                [--template TEMPLATE] [SAMPLING] [--no-bos] [--ignore-eos] [--print-ids] [--verbose]\n"
     "  lora eval --model M [--tokenizer T] [--adapter [NAME=]PATH[:SCALE]]... --data HELDOUT.jsonl\n"
     "            [--json OUT.json] [--max-tokens N] [--template TEMPLATE] [--batch-size N]\n"
     "            [--max-examples N] [--no-generate]   base + each adapter: loss, perplexity, token\n"
@@ -27,11 +27,15 @@ static const char *USAGE =
     "  lora serve --model M [--adapter NAME=PATH[:SCALE]]... [--host 127.0.0.1] [--port 8080]\n"
     "            [--adapter-dir DIR] [--template TEMPLATE] [--name BASE]   OpenAI-style HTTP server:\n"
     "            POST /v1/completions, /v1/chat/completions (model = adapter or base name; chat\n"
-    "            template as for chat),\n"
-    "            GET /v1/models, POST /adapters {name,path}, DELETE /adapters/NAME\n"
-    "  lora init-model --out DIR [--dim 64 --layers 2 --heads 4 --kv-heads 2 --ffn 172\n"
-    "                  --vocab 512 --seq 256 --seed 1 --std 0.02]   random-weight Llama (HF dir)\n"
-    "  lora convert --model M --out DIR             any supported model file -> HF directory\n"
+    "            template as for chat), GET /v1/models, GET /health, POST /adapters {name,path},\n"
+    "            DELETE /adapters/NAME; continuous batching: [--max-batch 8] [--ctx N] [--queue 64]\n"
+    "            [--max-conn-per-client 16] [--max-conn 1024] [--timeout 10] [--threads N]\n"
+    "  lora init-model --out DIR|FILE.gguf [--dim 64 --layers 2 --heads 4 --kv-heads 2 --ffn 172\n"
+    "                  --vocab 512 --seq 256 --seed 1 --std 0.02 --tied] [--outtype T --tokenizer F]\n"
+    "                  random-weight Llama: a HF dir (f32), or a GGUF written tensor by tensor\n"
+    "  lora convert --model M --out DIR|FILE.gguf [--outtype T] [--tokenizer F]   any supported model\n"
+    "             -> HF directory (T f32|f16|bf16) or GGUF (T f32|f16|bf16|q8_0|q4_0|q4_1|q5_0|q5_1, as\n"
+    "             llama.cpp's reference quantizers; with q4_*/q5_* the output matrix Q8_0; default f32)\n"
     "  lora merge --model M --adapter A --out DIR|FILE.gguf [--format safetensors|gguf]\n"
     "             [--dtype f32|bf16|f16] [--tokenizer T]   W + scale*BA as a HF directory (config and\n"
     "             tokenizer files copied) or a GGUF llama.cpp loads\n"
@@ -122,10 +126,64 @@ static int cmd_train(int argc, char **argv) {
 }
 
 // ---- init-model / convert -----------------------------------------------------------------
+static int ends_with_gguf(const char *s) {
+    size_t n = strlen(s);
+    return n >= 5 && !strcmp(s + n - 5, ".gguf");
+}
+
+// --outtype NAME -> a GGUF type (GGML_F32 when absent); -1 with a message when unknown, or
+// a quantized type for a HF directory (safetensors holds f32, bf16, f16 only).
+static int parse_outtype(const char *name, int gguf, GgmlType *t, Err *e) {
+    static const struct { const char *name; GgmlType t; } T[] = {
+        {"f32", GGML_F32},   {"f16", GGML_F16},   {"bf16", GGML_BF16}, {"q8_0", GGML_Q8_0},
+        {"q4_0", GGML_Q4_0}, {"q4_1", GGML_Q4_1}, {"q5_0", GGML_Q5_0}, {"q5_1", GGML_Q5_1}};
+    *t = GGML_F32;
+    if (!name) return 0;
+    for (size_t i = 0; i < sizeof T / sizeof T[0]; i++)
+        if (!strcmp(name, T[i].name)) {
+            *t = T[i].t;
+            if (!gguf && i > 2) return err_set(e, "--outtype %s needs a .gguf --out (a HF directory holds f32, f16, bf16)", name);
+            return 0;
+        }
+    return err_set(e, "--outtype: expected f32, f16, bf16, q8_0, q4_0, q4_1, q5_0 or q5_1, got \"%s\"", name);
+}
+
+static const char *type_label(GgmlType t) {
+    return t == GGML_F32 ? "F32" : t == GGML_F16 ? "F16" : t == GGML_BF16 ? "BF16" : ggq_type_name((int)t);
+}
+
+// "wrote F (GGUF Q4_0; output.weight Q8_0 where llama.cpp writes Q6_K; 5 matrices F16: rows
+// not whole 32-blocks; norms F32; vocabulary from X)"
+static void print_gguf_written(const char *path, const ModelConfig *c, const GgufModelWriter *o) {
+    printf("wrote %s (GGUF %s", path, type_label(o->type));
+    GgmlType out = gguf_matrix_type(o->type, GS_HEAD, c->tied_embeddings, c->dim);
+    if (out != o->type)
+        printf("; %s %s where llama.cpp writes Q6_K", c->tied_embeddings ? "token_embd (tied output)" : "output.weight",
+               type_label(out));
+    if (o->n_f16) printf("; %d matri%s F16: rows not whole 32-blocks", o->n_f16, o->n_f16 == 1 ? "x" : "ces");
+    printf("; norms F32; vocabulary from %s)\n", o->vocab ? o->vocab : "nowhere");
+    if (!o->vocab)
+        printf("note: no tokenizer (pass --tokenizer FILE.model): the GGUF has no vocabulary "
+               "(tokenizer.ggml.model \"no_vocab\")\n");
+}
+
+// model_write_random's weights, drawn in the same order (model.h), for model_save_gguf.
+typedef struct {
+    Rng rng;
+    float std;
+} RandomWeights;
+
+static int random_tensor(void *user, int layer, int which, int64_t rows, int64_t cols, float *out, Err *e) {
+    (void)layer, (void)e;
+    RandomWeights *r = user;
+    for (int64_t i = 0; i < rows * cols; i++) out[i] = which >= GS_ATTN_NORM ? 1.0f : r->std * rng_normal(&r->rng);
+    return 0;
+}
+
 static int cmd_init_model(int argc, char **argv) {
     CliFlag f[] = {{"out", 0, 0},  {"dim", 0, 0},   {"layers", 0, 0}, {"heads", 0, 0}, {"kv-heads", 0, 0},
                 {"ffn", 0, 0},  {"vocab", 0, 0}, {"seq", 0, 0},    {"seed", 0, 0},  {"std", 0, 0},
-                {"tied", 0, 1}};
+                {"tied", 0, 1}, {"outtype", 0, 0}, {"tokenizer", 0, 0}};
     const int nf = sizeof f / sizeof f[0];
     Err e = {{0}};
     int dim, layers, heads, kvh, ffn, vocab, seq, seed;
@@ -138,7 +196,7 @@ static int cmd_init_model(int argc, char **argv) {
         return cli_fail(&e);
     const char *out = cli_get(f, nf, "out", NULL);
     if (!out) {
-        err_set(&e, "init-model needs --out DIR");
+        err_set(&e, "init-model needs --out DIR or --out FILE.gguf");
         return cli_fail(&e);
     }
     if (dim < 2 || layers < 1 || heads < 1 || kvh < 1 || heads % kvh || dim % heads || (dim / heads) % 2 ||
@@ -146,31 +204,67 @@ static int cmd_init_model(int argc, char **argv) {
         err_set(&e, "invalid shape: need heads divisible by kv-heads and dim divisible by heads into an even head size");
         return cli_fail(&e);
     }
+    int gguf = ends_with_gguf(out);
+    GgmlType type;
+    if (parse_outtype(cli_get(f, nf, "outtype", NULL), gguf, &type, &e)) return cli_fail(&e);
+    if (!gguf && (type != GGML_F32 || cli_get(f, nf, "tokenizer", NULL))) {
+        err_set(&e, "init-model writes a HF directory in f32: --outtype and --tokenizer need --out FILE.gguf");
+        return cli_fail(&e);
+    }
     ModelConfig c;
     model_config_default(&c, dim, ffn, layers, heads, kvh, vocab, seq);
     c.tied_embeddings = cli_get(f, nf, "tied", NULL) != NULL;
-    if (model_write_random(&c, (uint64_t)seed, std, out, &e)) return cli_fail(&e);
+    if (gguf) {
+        RandomWeights r = {.std = std};
+        rng_seed(&r.rng, (uint64_t)seed);
+        GgufModelWriter o = {.type = type, .vocab = cli_get(f, nf, "tokenizer", NULL), .name = "lora.c model",
+                             .tensor = random_tensor, .user = &r};
+        if (model_save_gguf(&c, &o, out, &e)) return cli_fail(&e);
+        print_gguf_written(out, &c, &o);
+    } else if (model_write_random(&c, (uint64_t)seed, std, out, &e)) {
+        return cli_fail(&e);
+    }
     printf("wrote a random-weight llama (dim %d, %d layers, %d heads, %d kv heads, ffn %d, vocab %d) to %s\n",
            dim, layers, heads, kvh, ffn, vocab, out);
     return 0;
 }
 
 static int cmd_convert(int argc, char **argv) {
-    CliFlag f[] = {{"model", 0, 0}, {"out", 0, 0}};
+    CliFlag f[] = {{"model", 0, 0}, {"out", 0, 0}, {"outtype", 0, 0}, {"tokenizer", 0, 0}, {"threads", 0, 0}};
+    const int nf = sizeof f / sizeof f[0];
     Err e = {{0}};
-    if (cli_parse(argc, argv, f, 2, &e)) return cli_fail(&e);
-    const char *mp = cli_get(f, 2, "model", NULL), *out = cli_get(f, 2, "out", NULL);
+    int threads;
+    if (cli_parse(argc, argv, f, nf, &e) || cli_int(f, nf, "threads", 0, &e, &threads)) return cli_fail(&e);
+    const char *mp = cli_get(f, nf, "model", NULL), *out = cli_get(f, nf, "out", NULL);
     if (!mp || !out) {
         err_set(&e, "convert needs --model and --out");
         return cli_fail(&e);
     }
+    int gguf = ends_with_gguf(out);
+    GgmlType type;
+    if (parse_outtype(cli_get(f, nf, "outtype", NULL), gguf, &type, &e)) return cli_fail(&e);
+    if (!gguf && cli_get(f, nf, "tokenizer", NULL)) {
+        err_set(&e, "--tokenizer is for a .gguf --out (a HF directory gets no tokenizer files from convert)");
+        return cli_fail(&e);
+    }
+    if (threads > 0) set_num_threads(threads);
     Model *m = model_load(mp, &e);
     if (!m) return cli_fail(&e);
-    int rc = model_save_hf(m, out, &e);
+    int rc;
+    if (gguf) {
+        char vbuf[1100];
+        GgufModelWriter o = {.type = type, .vocab = gguf_vocab_source(mp, cli_get(f, nf, "tokenizer", NULL), vbuf, sizeof vbuf),
+                             .name = "lora.c model"};
+        rc = model_write_gguf(m, &o, out, &e);
+        if (!rc) print_gguf_written(out, &m->cfg, &o);
+    } else {
+        StDtype dt = type == GGML_BF16 ? ST_BF16 : type == GGML_F16 ? ST_F16 : ST_F32;
+        rc = dt == ST_F32 ? model_save_hf(m, out, &e) : merged_save_hf(m, dt, NULL, out, &e);
+        if (!rc) printf("wrote %s (config.json, model.safetensors%s%s)\n", out, dt == ST_F32 ? "" : " in ",
+                        dt == ST_F32 ? "" : type_label(type));
+    }
     model_free(m);
-    if (rc) return cli_fail(&e);
-    printf("wrote %s (config.json, model.safetensors)\n", out);
-    return 0;
+    return rc ? cli_fail(&e) : 0;
 }
 
 // libgomp threads spin while they wait (its default policy): on a shared 2-core machine the
@@ -196,6 +290,11 @@ static void set_runtime_env(char **argv) {
     if (n <= 0 || n >= (ssize_t)sizeof self - 1) return;
     self[n] = 0;
     if (!getenv("OMP_WAIT_POLICY") && setenv("OMP_WAIT_POLICY", "passive", 1)) return;
+    // ...but passive makes a waiting thread sleep at once, and a decode step is a few hundred
+    // short phases (a barrier every few tens of µs): each would pay a futex wake-up (a tiny
+    // model decoded 3.4x slower). A brief spin first (libgomp's GOMP_SPINCOUNT, a few
+    // thousand pause loops: tens of µs) keeps those, and still frees the core soon.
+    if (!getenv("GOMP_SPINCOUNT") && setenv("GOMP_SPINCOUNT", "10000", 1)) return;
     if (ct && (setenv("OPENBLAS_CORETYPE", ct, 1) || setenv("LORA_OPENBLAS_CORETYPE", ct, 1))) return;
     execv(self, argv);  // only returns on failure: carry on with the defaults
 }

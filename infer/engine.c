@@ -1,0 +1,440 @@
+// The decoding engine (infer.h): prefill through model_forward (GEMM over the prompt's
+// tokens, the trainer's tiled kernels, in chunks), and a batched decode step written for
+// memory bandwidth: every frozen matrix is read once per step for all rows, in its stored
+// format (quant.h's qv_gemv), with the independent products of a step fused into one pass
+// (q,k,v; gate,up) whose rows the threads of one OpenMP team split between them. Each row
+// then adds its own adapter's low-rank term, rotates, attends over its own KV cache.
+//
+// A row's arithmetic is the same whatever the other rows of its step: qv_gemv is row-
+// independent by contract and everything else here loops over rows.
+#include <math.h>
+#include <omp.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "infer/infer.h"
+#include "quant/quant.h"
+
+#define PREFILL_CHUNK 512   // prompt tokens per model_forward (the cancel flag is read between)
+#define QV_CHUNK_BYTES 16384  // weight bytes per unit of work split between the threads
+
+// The three product groups of a layer that share an input, plus the two that read the
+// attention output and the activation.
+enum { G_QKV, G_O, G_GU, G_DOWN, G_N };
+static const LoraTarget GROUP_FIRST[G_N] = {LT_Q, LT_O, LT_GATE, LT_DOWN};
+static const int GROUP_COUNT[G_N] = {3, 1, 2, 1};
+
+typedef struct {
+    QvMatrix w;
+    const Weight *src;
+    const QvKernel *k;         // NULL: no variant fits (NF4 rows not a whole number of blocks):
+                               // rows converted to fp32 one at a time (weight_row_f32) and dotted
+    size_t act_bytes;
+} Proj;
+
+struct Engine {
+    const Model *m;
+    int max_rows;
+    Proj *proj;                // (n_layers, LT_COUNT)
+    Proj head;                 // lm_head
+    size_t act_stride[LT_COUNT + 1];  // the most bytes of one prepared activation per target
+                                      // (over the layers); [LT_COUNT]: lm_head
+    void *qx[LT_COUNT + 1];    // (max_rows, ·) prepared activations, consecutive: each
+                               // matrix's qv_act_bytes apart (as qv_gemv reads them)
+    // (max_rows, ·) fp32 rows
+    float *x, *h, *out[LT_COUNT], *att, *act;
+    float *lora_h;             // (max_rows, 3, max rank)
+    float *logits;             // (max_rows, V)
+    float *scores;             // (threads, ctx) attention scores
+    float *wrow;               // (threads, max(C, F)) slow_gemv's rows
+    int max_rank, score_len, threads;
+    Tape *tape;                // the prefill's forward (recording off)
+    const GemmKernel *prefill_gemm;
+    const volatile int *cancel;
+};
+
+static QvMatrix qv_of(const Weight *w) {
+    QvMatrix q = {QV_F32, w->rows, w->cols, w->data};
+    if (w->type == WT_BF16) q.fmt = QV_BF16;
+    else if (w->type == WT_NF4) q.fmt = QV_NF4;
+    else if (w->type == WT_GGQ) q.fmt = QV_GGQ;
+    return q;
+}
+
+static void proj_init(Proj *p, const Weight *w) {
+    p->w = qv_of(w);
+    p->src = w;
+    p->k = qv_kernel_for(&p->w);
+    p->act_bytes = p->k ? qv_act_bytes(p->k, &p->w) : (size_t)w->cols * sizeof(float);
+}
+
+size_t engine_kv_bytes_per_pos(const ModelConfig *c) {
+    return (size_t)2 * c->n_layers * c->n_kv_heads * c->head_dim * sizeof(float);
+}
+
+const Model *engine_model(const Engine *en) { return en->m; }
+
+void engine_set_prefill_gemm(Engine *en, const GemmKernel *g) {
+    en->prefill_gemm = g;
+    tape_set_gemm(en->tape, g);
+}
+
+const GemmKernel *engine_prefill_gemm(const Engine *en) { return en->prefill_gemm; }
+
+void engine_set_cancel(Engine *en, const volatile int *flag) { en->cancel = flag; }
+
+void engine_free(Engine *en) {
+    if (!en) return;
+    free(en->proj);
+    for (int i = 0; i <= LT_COUNT; i++) free(en->qx[i]);
+    for (int i = 0; i < LT_COUNT; i++) free(en->out[i]);
+    free(en->x);
+    free(en->h);
+    free(en->att);
+    free(en->act);
+    free(en->lora_h);
+    free(en->logits);
+    free(en->scores);
+    free(en->wrow);
+    tape_free(en->tape);
+    free(en);
+}
+
+Engine *engine_new(const Model *m, int max_rows, Err *e) {
+    if (max_rows < 1) {
+        err_set(e, "engine: max_rows must be >= 1");
+        return NULL;
+    }
+    const ModelConfig *c = &m->cfg;
+    Engine *en = xcalloc(1, sizeof *en, "decoding engine", e);
+    if (!en) return NULL;
+    en->m = m;
+    en->max_rows = max_rows;
+    en->threads = omp_get_max_threads();
+    if (!(en->proj = xcalloc((size_t)c->n_layers * LT_COUNT, sizeof *en->proj, "engine projections", e))) goto fail;
+    for (int l = 0; l < c->n_layers; l++)
+        for (int t = 0; t < LT_COUNT; t++) {
+            Proj *p = &en->proj[l * LT_COUNT + t];
+            proj_init(p, &m->layers[l].w[t]);
+            if (p->act_bytes > en->act_stride[t]) en->act_stride[t] = p->act_bytes;
+        }
+    proj_init(&en->head, &m->lm_head);
+    en->act_stride[LT_COUNT] = en->head.act_bytes;
+    const size_t R = (size_t)max_rows, C = (size_t)c->dim, HD = (size_t)c->n_heads * c->head_dim;
+    for (int t = 0; t <= LT_COUNT; t++) {
+        en->act_stride[t] = (en->act_stride[t] + 63) & ~(size_t)63;
+        if (!(en->qx[t] = xmalloc_aligned(R * en->act_stride[t] + 64, "engine activations", e))) goto fail;
+    }
+    for (int t = 0; t < LT_COUNT; t++) {
+        size_t rows = (size_t)m->layers[0].w[t].rows;
+        if (!(en->out[t] = xmalloc_aligned(R * rows * sizeof(float), "engine outputs", e))) goto fail;
+    }
+    en->max_rank = 0;
+    en->score_len = c->max_seq_len > 0 ? c->max_seq_len : 2048;
+    if (!(en->x = xmalloc_aligned(R * C * sizeof(float), "engine rows", e)) ||
+        !(en->h = xmalloc_aligned(R * C * sizeof(float), "engine rows", e)) ||
+        !(en->att = xmalloc_aligned(R * HD * sizeof(float), "engine rows", e)) ||
+        !(en->act = xmalloc_aligned(R * (size_t)c->hidden_dim * sizeof(float), "engine rows", e)) ||
+        !(en->logits = xmalloc_aligned(R * (size_t)c->vocab_size * sizeof(float), "engine logits", e)) ||
+        !(en->scores = xmalloc_aligned((size_t)en->threads * en->score_len * sizeof(float), "attention scores", e)) ||
+        !(en->wrow = xmalloc_aligned((size_t)en->threads * (C > (size_t)c->hidden_dim ? C : (size_t)c->hidden_dim) *
+                                         sizeof(float), "engine scratch", e)) ||
+        !(en->tape = tape_new(e)))
+        goto fail;
+    tape_set_recording(en->tape, 0);
+    tape_set_training(en->tape, 0);
+    // prefill: the fastest fp32 GEMM. Not bf16 even where it is faster: it would round the
+    // dequantized weights to 8 bits of mantissa (a Q4_0 weight d·q needs up to 15), and that
+    // was visible: stories260K in Q4_0 greedy-decoded as llama.cpp does for 24 tokens with an
+    // fp32 prefill, for 11 with a bf16 one
+    engine_set_prefill_gemm(en, kernel_choice()->fp32);
+    return en;
+fail:
+    engine_free(en);
+    return NULL;
+}
+
+// ---- prefill --------------------------------------------------------------------------------
+int engine_prefill(Engine *en, const LoraAdapter *lora, KVCache *kv, const int *ids, int n, float *logits,
+                   Err *e) {
+    const Model *m = en->m;
+    const int V = m->cfg.vocab_size;
+    if (n < 1) return err_set(e, "empty prompt: nothing to condition on");
+    if (kv->len + n > kv->max_seq)
+        return err_set(e, "%d more tokens do not fit the KV cache (%d of %d positions used)", n, kv->len, kv->max_seq);
+    for (int i = 0; i < n; i++)
+        if (ids[i] < 0 || ids[i] >= V)
+            return err_set(e, "prompt token %d is outside the model's vocabulary (%d)", ids[i], V);
+    for (int i0 = 0; i0 < n; i0 += PREFILL_CHUNK) {
+        if (en->cancel && *en->cancel) return err_set(e, "cancelled");
+        int nc = n - i0 < PREFILL_CHUNK ? n - i0 : PREFILL_CHUNK;
+        tape_reset(en->tape);
+        Tensor *out = model_forward(en->tape, m, lora, ids + i0, 1, nc, kv, 1);
+        if (i0 + nc == n) memcpy(logits, out->data, (size_t)V * sizeof(float));
+    }
+    tape_reset(en->tape);
+    return 0;
+}
+
+// ---- decode ---------------------------------------------------------------------------------
+// a (n), b (n) -> a·b in 16 partial sums (a fixed order the compiler vectorizes, the same for
+// every row whatever else runs), then the tail.
+static float dot16(const float *a, const float *b, int64_t n) {
+    float part[16] = {0};
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16)
+        for (int j = 0; j < 16; j++) part[j] += a[i + j] * b[i + j];
+    float s = 0.0f;
+    for (int j = 0; j < 16; j++) s += part[j];
+    for (; i < n; i++) s += a[i] * b[i];
+    return s;
+}
+
+// x (C), w (C) -> out (C)      out = x / sqrt(mean(x²) + eps) · w
+static void rmsnorm_row(float *out, const float *x, const float *w, int C, float eps) {
+    float r = 1.0f / sqrtf(dot16(x, x, C) / (float)C + eps);
+    for (int i = 0; i < C; i++) out[i] = x[i] * r * w[i];
+}
+
+// x (H*D) of one token at position pos, in place: each head's pairs (i, i+D/2) rotated by
+// pos · inv_freq[i] (the HF rotate-half convention every model is kept in).
+static void rope_row(float *x, int H, int D, int pos, const float *inv_freq) {
+    const int half = D / 2;
+    for (int i = 0; i < half; i++) {
+        float ang = (float)pos * inv_freq[i], c = cosf(ang), s = sinf(ang);
+        for (int h = 0; h < H; h++) {
+            float *xh = x + (size_t)h * D;
+            float x1 = xh[i], x2 = xh[i + half];
+            xh[i] = x1 * c - x2 * s;
+            xh[i + half] = x2 * c + x1 * s;
+        }
+    }
+}
+
+// q (D) of head h, keys/values (Tk, kv_dim) of layer l (head g = h / (H/KVH) at g*D) ->
+// out (D) = softmax(q·k_j / sqrt(D) over the visible j) · V. scores: (Tk) scratch.
+static void attend_head(float *out, const float *q, const float *K, const float *Vv, int lo, int Tk, int kv_dim,
+                        int D, float *scores) {
+    const float scale = 1.0f / sqrtf((float)D);
+    float mx = -INFINITY;
+    for (int j = lo; j < Tk; j++) {
+        float s = dot16(q, K + (size_t)j * kv_dim, D) * scale;
+        scores[j] = s;
+        if (s > mx) mx = s;
+    }
+    float sum = 0.0f;
+    for (int j = lo; j < Tk; j++) {
+        scores[j] = expf(scores[j] - mx);
+        sum += scores[j];
+    }
+    float inv = 1.0f / sum;
+    for (int d = 0; d < D; d++) out[d] = 0.0f;
+    for (int j = lo; j < Tk; j++) {
+        const float p = scores[j] * inv, *v = Vv + (size_t)j * kv_dim;
+        for (int d = 0; d < D; d++) out[d] += p * v[d];
+    }
+}
+
+// y (OC) += scale · B (OC,r) · (A (r,C) · x (C)); hbuf (r) scratch. The low-rank term of one row.
+static void lora_row(float *y, const float *x, const Tensor *A, const Tensor *B, float scale, float *hbuf) {
+    const int64_t r = A->shape[0], C = A->shape[1], OC = B->shape[0];
+    for (int64_t j = 0; j < r; j++) hbuf[j] = dot16(A->data + j * C, x, C) * scale;
+    for (int64_t o = 0; o < OC; o++) {
+        const float *b = B->data + o * r;
+        float s = 0.0f;
+        for (int64_t j = 0; j < r; j++) s += b[j] * hbuf[j];
+        y[o] += s;
+    }
+}
+
+// The products of group g of layer l (NULL proj: the lm_head) for n rows, inside the
+// team: activations prepared (one per row and matrix), then every matrix's rows in chunks
+// of about QV_CHUNK_BYTES split statically between the threads (one barrier for the group).
+typedef struct {
+    const Proj *p;
+    float *y;
+    int64_t ldy;
+    void *qx;
+    size_t stride;             // qv_act_bytes of p
+} GroupMat;
+
+// The fallback of a matrix no qv variant takes: rows [r0, r0+nr) of W, one at a time in fp32
+// (wrow: cols floats), against n fp32 activations x (n, cols) -> y[g*ldy + r].
+static void slow_gemv(const Proj *p, int64_t r0, int64_t nr, const float *x, int n, float *y, int64_t ldy,
+                      float *wrow) {
+    const int64_t C = p->w.cols;
+    for (int64_t r = r0; r < r0 + nr; r++) {
+        weight_row_f32(p->src, r, wrow);
+        for (int g = 0; g < n; g++) y[g * ldy + r] = dot16(wrow, x + g * C, C);
+    }
+}
+
+// wrow: this thread's (max cols) scratch for slow_gemv.
+static void run_group(const GroupMat *gm, int nm, int n, const float *in, int64_t ld_in, float *wrow) {
+#pragma omp for schedule(static)
+    for (int i = 0; i < nm * n; i++) {
+        const GroupMat *g = &gm[i / n];
+        int row = i % n;
+        char *qx = (char *)g->qx + (size_t)row * g->stride;
+        if (g->p->k) qv_prepare(g->p->k, &g->p->w, in + (int64_t)row * ld_in, qx);
+        else memcpy(qx, in + (int64_t)row * ld_in, g->stride);
+    }
+    // chunks: rows per chunk from the bytes per row
+    int64_t chunk_rows[8] = {0}, chunks[8] = {0}, total = 0;
+    for (int j = 0; j < nm; j++) {
+        const QvMatrix *w = &gm[j].p->w;
+        size_t row_bytes = w->fmt == QV_F32 ? (size_t)w->cols * 4
+                         : w->fmt == QV_BF16 ? (size_t)w->cols * 2
+                         : w->fmt == QV_NF4 ? (size_t)w->cols / 2
+                                            : ggq_row_bytes(((const GgqMatrix *)w->data)->type, w->cols);
+        int64_t cr = (int64_t)(QV_CHUNK_BYTES / (row_bytes ? row_bytes : 1));
+        if (cr < 4) cr = 4;
+        cr = (cr + 3) & ~(int64_t)3;
+        chunk_rows[j] = cr;
+        chunks[j] = (w->rows + cr - 1) / cr;
+        total += chunks[j];
+    }
+#pragma omp for schedule(static)
+    for (int64_t ci = 0; ci < total; ci++) {
+        int j = 0;
+        int64_t c = ci;
+        while (c >= chunks[j]) c -= chunks[j++];
+        const GroupMat *g = &gm[j];
+        int64_t r0 = c * chunk_rows[j], nr = g->p->w.rows - r0 < chunk_rows[j] ? g->p->w.rows - r0 : chunk_rows[j];
+        if (g->p->k) qv_gemv(g->p->k, &g->p->w, r0, nr, g->qx, n, g->y, g->ldy, 0);
+        else slow_gemv(g->p, r0, nr, g->qx, n, g->y, g->ldy, wrow);
+    }
+}
+
+// LoRA terms and biases of group g of layer l for n rows (inside the team).
+static void group_extras(Engine *en, int l, int g, int n, const float *in, int64_t ld_in,
+                         const LoraAdapter *const *lora) {
+    const Model *m = en->m;
+    const int first = GROUP_FIRST[g], cnt = GROUP_COUNT[g];
+#pragma omp for schedule(static)
+    for (int i = 0; i < cnt * n; i++) {
+        int t = first + i / n, row = i % n;
+        const Weight *w = &m->layers[l].w[t];
+        float *y = en->out[t] + (int64_t)row * w->rows;
+        const LoraAdapter *a = lora ? lora[row] : NULL;
+        const Tensor *A = a ? a->A[l * LT_COUNT + t] : NULL;
+        if (A) lora_row(y, in + (int64_t)row * ld_in, A, a->B[l * LT_COUNT + t], a->scale,
+                        en->lora_h + (int64_t)row * en->max_rank * cnt + (i / n) * en->max_rank);
+        const Tensor *bias = m->layers[l].bias[t];
+        if (bias)
+            for (int64_t o = 0; o < w->rows; o++) y[o] += bias->data[o];
+    }
+}
+
+static void layer_group(Engine *en, int l, int g, int n, const float *in, int64_t ld_in,
+                        const LoraAdapter *const *lora) {
+    GroupMat gm[3];
+    for (int j = 0; j < GROUP_COUNT[g]; j++) {
+        int t = GROUP_FIRST[g] + j;
+        const Proj *p = &en->proj[l * LT_COUNT + t];
+        gm[j] = (GroupMat){p, en->out[t], en->m->layers[l].w[t].rows, en->qx[t], p->act_bytes};
+    }
+    run_group(gm, GROUP_COUNT[g], n, in, ld_in,
+              en->wrow + (size_t)omp_get_thread_num() * (en->m->cfg.dim > en->m->cfg.hidden_dim ? en->m->cfg.dim : en->m->cfg.hidden_dim));
+    group_extras(en, l, g, n, in, ld_in, lora);
+}
+
+// x (n,C) += out[t] (n,C), then h (n,C) = rmsnorm(x) · w: a block's residual and the next
+// norm, per row (inside the team).
+static void residual_norm(Engine *en, LoraTarget t, const Tensor *w, int n) {
+    const ModelConfig *c = &en->m->cfg;
+    const int C = c->dim;
+#pragma omp for schedule(static)
+    for (int i = 0; i < n; i++) {
+        float *xi = en->x + (size_t)i * C;
+        const float *o = en->out[t] + (size_t)i * C;
+        for (int j = 0; j < C; j++) xi[j] += o[j];
+        rmsnorm_row(en->h + (size_t)i * C, xi, w->data, C, c->norm_eps);
+    }
+}
+
+// gate, up (F) -> act (F)      act = act_fn(gate) · up  (silu, or tanh-gelu for GeGLU)
+static void glu_row(float *act, const float *g, const float *u, int F, int gelu) {
+    for (int i = 0; i < F; i++) {
+        float x = g[i], a = gelu ? 2.0f * 0.7978845608028654f * (x + 0.044715f * x * x * x) : x;
+        act[i] = x / (1.0f + expf(-a)) * u[i];
+    }
+}
+
+int engine_decode(Engine *en, const LoraAdapter *const *lora, KVCache *const *kv, const int *tokens, int n,
+                  float *const *logits, Err *e) {
+    const Model *m = en->m;
+    const ModelConfig *c = &m->cfg;
+    const int C = c->dim, H = c->n_heads, KVH = c->n_kv_heads, D = c->head_dim, F = c->hidden_dim;
+    const int HD = H * D, KD = KVH * D, V = c->vocab_size, L = c->n_layers;
+    if (n < 1 || n > en->max_rows) return err_set(e, "engine: %d rows (1..%d)", n, en->max_rows);
+    for (int i = 0; i < n; i++) {
+        if (tokens[i] < 0 || tokens[i] >= V)
+            return err_set(e, "token %d is outside the model's vocabulary (%d)", tokens[i], V);
+        if (kv[i]->len + 1 > kv[i]->max_seq) return err_set(e, "the KV cache of row %d is full (%d positions)", i, kv[i]->max_seq);
+        if (kv[i]->len + 1 > en->score_len) return err_set(e, "row %d is past the model's context (%d)", i, en->score_len);
+    }
+    // the largest rank among the rows' adapters: the LoRA scratch
+    int rank = 0;
+    for (int i = 0; lora && i < n; i++)
+        if (lora[i] && lora[i]->rank > rank) rank = lora[i]->rank;
+    if (rank > en->max_rank) {
+        float *p = xmalloc_aligned((size_t)en->max_rows * 3 * rank * sizeof(float), "LoRA scratch", e);
+        if (!p) return -1;
+        free(en->lora_h);
+        en->lora_h = p;
+        en->max_rank = rank;
+    }
+    for (int i = 0; i < n; i++) {
+        float *xi = en->x + (size_t)i * C;
+        weight_row_f32(&m->emb, tokens[i], xi);
+        if (c->embed_scale > 0)
+            for (int j = 0; j < C; j++) xi[j] *= c->embed_scale;
+    }
+    const int window = c->sliding_window;
+#pragma omp parallel num_threads(en->threads)
+    {
+        float *scores = en->scores + (size_t)omp_get_thread_num() * en->score_len;
+#pragma omp for schedule(static)
+        for (int i = 0; i < n; i++)
+            rmsnorm_row(en->h + (size_t)i * C, en->x + (size_t)i * C, m->layers[0].attn_norm->data, C, c->norm_eps);
+        for (int l = 0; l < L; l++) {
+            const Layer *Ly = &m->layers[l];
+            layer_group(en, l, G_QKV, n, en->h, C, lora);
+            // rotate q and k at each row's position; append k, v to the row's cache
+#pragma omp for schedule(static)
+            for (int i = 0; i < n; i++) {
+                float *q = en->out[LT_Q] + (size_t)i * HD, *k = en->out[LT_K] + (size_t)i * KD;
+                int pos = kv[i]->len;
+                rope_row(q, H, D, pos, m->inv_freq);
+                rope_row(k, KVH, D, pos, m->inv_freq);
+                size_t at = ((size_t)l * kv[i]->max_seq + pos) * KD;
+                memcpy(kv[i]->k + at, k, (size_t)KD * sizeof(float));
+                memcpy(kv[i]->v + at, en->out[LT_V] + (size_t)i * KD, (size_t)KD * sizeof(float));
+            }
+#pragma omp for schedule(dynamic, 1)
+            for (int ih = 0; ih < n * H; ih++) {
+                int i = ih / H, h = ih % H, Tk = kv[i]->len + 1;
+                int lo = window > 0 && Tk - window > 0 ? Tk - window : 0;
+                size_t base = (size_t)l * kv[i]->max_seq * KD + (size_t)(h / (H / KVH)) * D;
+                attend_head(en->att + (size_t)i * HD + (size_t)h * D, en->out[LT_Q] + (size_t)i * HD + (size_t)h * D,
+                            kv[i]->k + base, kv[i]->v + base, lo, Tk, KD, D, scores);
+            }
+            layer_group(en, l, G_O, n, en->att, HD, lora);
+            residual_norm(en, LT_O, Ly->ffn_norm, n);
+            layer_group(en, l, G_GU, n, en->h, C, lora);
+#pragma omp for schedule(static)
+            for (int i = 0; i < n; i++)
+                glu_row(en->act + (size_t)i * F, en->out[LT_GATE] + (size_t)i * F, en->out[LT_UP] + (size_t)i * F, F,
+                        c->act == ACT_GELU_TANH);
+            layer_group(en, l, G_DOWN, n, en->act, F, lora);
+            // the next block's input norm, or the final one
+            residual_norm(en, LT_DOWN, l + 1 < L ? m->layers[l + 1].attn_norm : m->final_norm, n);
+        }
+        GroupMat gm = {&en->head, en->logits, V, en->qx[LT_COUNT], en->head.act_bytes};
+        run_group(&gm, 1, n, en->h, C, en->wrow + (size_t)omp_get_thread_num() * (C > F ? C : F));
+    }
+    for (int i = 0; i < n; i++) memcpy(logits[i], en->logits + (size_t)i * V, (size_t)V * sizeof(float));
+    for (int i = 0; i < n; i++) kv[i]->len++;
+    return 0;
+}

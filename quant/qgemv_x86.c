@@ -1,0 +1,753 @@
+// quant — the decode GEMV's x86-64 variants (see qgemv.c and the last section of quant.h), each
+// compiled for its instruction set with GCC's target attribute whatever the build's -march, and
+// chosen at run time (qv_kernel_for):
+//   *-avx2        ymm; integer dots vpmaddubsw + vpmaddwd                      (AVX2 + FMA)
+//   *-avxvnni     the same code with vpdpbusd (VEX)                            (AVX-VNNI)
+//   *-avx512      zmm, two 32-blocks per vector; vpmaddubsw + vpmaddwd         (AVX-512 F/BW/DQ/VL)
+//   *-avx512vnni  the same code with vpdpbusd                                  (AVX-512 VNNI)
+//   f32 / bf16:   fp32 FMA, avx2 and avx512 only (no integer products).
+// The four integer passes share one body: this file includes itself once per pass with
+// QV_PASS set (1 avx2, 2 avxvnni, 3 avx512, 4 avx512vnni); the body's DOT primitives are the
+// only code that differs between a pass and its VNNI twin.
+//
+// Exactness: every block's integer dot product is exact (vpmaddubsw pairs stay below 2^15:
+// weights are 0..63 or |w| <= 128 against |q| <= 127; vpdpbusd sums of 4 below 2^15 where they
+// are multiplied by a 16-bit scale through vpmaddwd); the fp32 scaling and sums are the only
+// roundings.
+// Speed (decode streams the weights once: each kernel must outrun memory with 2 threads):
+//   - 32-blocks: 8 blocks' fp16 scales gathered by integer code and converted / multiplied by
+//     x's 8 block scales at once, then one lane permute per block (or pair); Q4_0 / Q5_0 take
+//     their codes unsigned, the offset term -off·(dw·dx)·Σqx per 8 blocks from x's block sums;
+//     two accumulator chains; one horizontal sum per row.
+//   - K formats (llama.cpp's ggml_vec_dot_q4_K_q8_K / q6_K scheme): the scales and mins
+//     decoded once per super-block, the products multiplied by their 16-bit scale (vpmaddwd)
+//     and kept exactly in int32 lanes over the super-block, the mins (and Q6_K's -32) from x's
+//     sums of 16, one conversion per super-block, one horizontal sum per row.
+#include "quant/quant.h"
+#include "quant/quant_internal.h"
+
+#if defined(__x86_64__)
+#if !defined(QV_PASS)
+#include <immintrin.h>
+#include <string.h>
+
+static inline void store1(float *y, int accumulate, float v) { *y = accumulate ? *y + v : v; }
+
+// The driver of a format's row kernel: rows [r0, r0+nr), activations in passes of QV_GMAX with
+// the count a compile-time constant inside ROW (so its accumulators stay in registers).
+// ROW(row pointer, activation views, gn, out[gn]).
+#define QV_DRIVER(NAME, TGT, QK, ROW)                                                                    \
+    TGT static void NAME(const QvMatrix *w, int64_t r0, int64_t nr, const uint8_t *qx, size_t act, int G, \
+                         float *y, int64_t ldy, int accumulate) {                                         \
+        const GgqMatrix *m = w->data;                                                                     \
+        const int64_t nb = m->cols / QK;                                                                  \
+        const size_t rb = (size_t)nb * ggq_block_bytes(m->type);                                          \
+        for (int64_t r = r0; r < r0 + nr; r++) {                                                          \
+            const uint8_t *row = (const uint8_t *)m->data + (size_t)r * rb;                               \
+            for (int g0 = 0; g0 < G; g0 += QV_GMAX) {                                                     \
+                const int gn = G - g0 < QV_GMAX ? G - g0 : QV_GMAX;                                       \
+                QvAct a[QV_GMAX];                                                                         \
+                float out[QV_GMAX];                                                                       \
+                for (int g = 0; g < gn; g++) a[g] = qv_act_view(qx + (g0 + g) * act, m->cols, QK);        \
+                switch (gn) {                                                                             \
+                case 1: ROW(row, nb, a, 1, out); break;                                                   \
+                case 2: ROW(row, nb, a, 2, out); break;                                                   \
+                case 3: ROW(row, nb, a, 3, out); break;                                                   \
+                default: ROW(row, nb, a, QV_GMAX, out); break;                                            \
+                }                                                                                         \
+                for (int g = 0; g < gn; g++) store1(y + (g0 + g) * ldy + r, accumulate, out[g]);          \
+            }                                                                                             \
+        }                                                                                                 \
+    }
+
+#define QV_PASS 1
+#include "quant/qgemv_x86.c"
+#undef QV_PASS
+#define QV_PASS 2
+#include "quant/qgemv_x86.c"
+#undef QV_PASS
+#define QV_PASS 3
+#include "quant/qgemv_x86.c"
+#undef QV_PASS
+#define QV_PASS 4
+#include "quant/qgemv_x86.c"
+#undef QV_PASS
+
+// ---- fp32 and bf16 weights: FMA against the fp32 activation ------------------------------------
+
+#define T256F __attribute__((target("avx2,fma")))
+#define T512F __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,fma")))
+#define INLF static inline __attribute__((always_inline))
+
+// 8 weights at k of row wr (fp32 or bf16 widened) -> ymm
+T256F INLF __m256 w8(const void *wr, int bf, int64_t k) {
+    if (!bf) return _mm256_loadu_ps((const float *)wr + k);
+    __m128i h = _mm_loadu_si128((const __m128i *)((const uint16_t *)wr + k));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+}
+
+// Row wr (C) against gn activations: per activation 2 accumulators over 16-column steps, one
+// 8-step, then the tail (< 8) from zero-padded copies; fixed reduction order.
+T256F INLF void fp_row256(const void *wr, int bf, int64_t C, const float *const *x, const int gn, float *out) {
+    __m256 acc[QV_GMAX][2];
+    for (int g = 0; g < gn; g++) acc[g][0] = acc[g][1] = _mm256_setzero_ps();
+    int64_t k = 0;
+    for (; k + 16 <= C; k += 16) {
+        const __m256 a = w8(wr, bf, k), b = w8(wr, bf, k + 8);
+        for (int g = 0; g < gn; g++) {
+            acc[g][0] = _mm256_fmadd_ps(a, _mm256_loadu_ps(x[g] + k), acc[g][0]);
+            acc[g][1] = _mm256_fmadd_ps(b, _mm256_loadu_ps(x[g] + k + 8), acc[g][1]);
+        }
+    }
+    if (k + 8 <= C) {
+        const __m256 a = w8(wr, bf, k);
+        for (int g = 0; g < gn; g++) acc[g][0] = _mm256_fmadd_ps(a, _mm256_loadu_ps(x[g] + k), acc[g][0]);
+        k += 8;
+    }
+    if (k < C) {
+        float wt[8] = {0}, xt[8] = {0};
+        for (int64_t j = k; j < C; j++) {
+            if (bf) {
+                uint32_t b = (uint32_t)((const uint16_t *)wr)[j] << 16;
+                memcpy(&wt[j - k], &b, 4);
+            } else
+                wt[j - k] = ((const float *)wr)[j];
+        }
+        const __m256 a = _mm256_loadu_ps(wt);
+        for (int g = 0; g < gn; g++) {
+            for (int64_t j = k; j < C; j++) xt[j - k] = x[g][j];
+            acc[g][1] = _mm256_fmadd_ps(a, _mm256_loadu_ps(xt), acc[g][1]);
+        }
+    }
+    for (int g = 0; g < gn; g++) {
+        __m256 s = _mm256_add_ps(acc[g][0], acc[g][1]);
+        __m128 h = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
+        h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+        h = _mm_add_ss(h, _mm_movehdup_ps(h));
+        out[g] = _mm_cvtss_f32(h);
+    }
+}
+
+// 16 weights at k -> zmm (lanes past n zero)
+T512F INLF __m512 w16(const void *wr, int bf, int64_t k, __mmask16 m) {
+    if (!bf) return _mm512_maskz_loadu_ps(m, (const float *)wr + k);
+    __m256i h = _mm256_maskz_loadu_epi16(m, (const uint16_t *)wr + k);
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+
+// The same with zmm: 4 accumulators per activation over 64-column steps, then 16-steps into the
+// first, the masked tail into the second.
+T512F INLF void fp_row512(const void *wr, int bf, int64_t C, const float *const *x, const int gn, float *out) {
+    __m512 acc[QV_GMAX][4];
+    for (int g = 0; g < gn; g++) acc[g][0] = acc[g][1] = acc[g][2] = acc[g][3] = _mm512_setzero_ps();
+    int64_t k = 0;
+    for (; k + 64 <= C; k += 64) {
+        __m512 v[4];
+        for (int j = 0; j < 4; j++) v[j] = w16(wr, bf, k + 16 * j, 0xFFFF);
+        for (int g = 0; g < gn; g++)
+            for (int j = 0; j < 4; j++) acc[g][j] = _mm512_fmadd_ps(v[j], _mm512_loadu_ps(x[g] + k + 16 * j), acc[g][j]);
+    }
+    for (; k + 16 <= C; k += 16) {
+        const __m512 v = w16(wr, bf, k, 0xFFFF);
+        for (int g = 0; g < gn; g++) acc[g][0] = _mm512_fmadd_ps(v, _mm512_loadu_ps(x[g] + k), acc[g][0]);
+    }
+    if (k < C) {
+        const __mmask16 m = (__mmask16)((1u << (C - k)) - 1);
+        const __m512 v = w16(wr, bf, k, m);
+        for (int g = 0; g < gn; g++) acc[g][1] = _mm512_fmadd_ps(v, _mm512_maskz_loadu_ps(m, x[g] + k), acc[g][1]);
+    }
+    for (int g = 0; g < gn; g++)
+        out[g] = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(acc[g][0], acc[g][1]), _mm512_add_ps(acc[g][2], acc[g][3])));
+}
+
+#define FP_DRIVER(NAME, TGT, ROWFN, BF)                                                                    \
+    TGT static void NAME(const QvMatrix *w, int64_t r0, int64_t nr, const uint8_t *qx, size_t act, int G,   \
+                         float *y, int64_t ldy, int accumulate) {                                           \
+        const int64_t C = w->cols;                                                                          \
+        for (int64_t r = r0; r < r0 + nr; r++) {                                                            \
+            const void *wr = (const uint8_t *)w->data + (size_t)(r * C) * (BF ? 2 : 4);                     \
+            for (int g0 = 0; g0 < G; g0 += QV_GMAX) {                                                       \
+                const int gn = G - g0 < QV_GMAX ? G - g0 : QV_GMAX;                                         \
+                const float *x[QV_GMAX];                                                                    \
+                float out[QV_GMAX];                                                                         \
+                for (int g = 0; g < gn; g++) x[g] = (const float *)(qx + (g0 + g) * act);                   \
+                switch (gn) {                                                                               \
+                case 1: ROWFN(wr, BF, C, x, 1, out); break;                                                 \
+                case 2: ROWFN(wr, BF, C, x, 2, out); break;                                                 \
+                case 3: ROWFN(wr, BF, C, x, 3, out); break;                                                 \
+                default: ROWFN(wr, BF, C, x, QV_GMAX, out); break;                                          \
+                }                                                                                           \
+                for (int g = 0; g < gn; g++) store1(y + (g0 + g) * ldy + r, accumulate, out[g]);            \
+            }                                                                                               \
+        }                                                                                                   \
+    }
+
+// x (C), W (OC,C) fp32 / bf16 -> y (OC)
+FP_DRIVER(f32_avx2, T256F, fp_row256, 0)
+FP_DRIVER(bf16_avx2, T256F, fp_row256, 1)
+FP_DRIVER(f32_avx512, T512F, fp_row512, 0)
+FP_DRIVER(bf16_avx512, T512F, fp_row512, 1)
+
+// ---- the table ---------------------------------------------------------------------------------
+
+#define QV_INT_KERNELS(SFX, ISA)                                                 \
+    static const QvKernel k_q4_0_##SFX = {"q4_0-" #SFX, ISA, QV_GGQ, GGQ_Q4_0, q4_0_##SFX}; \
+    static const QvKernel k_q4_1_##SFX = {"q4_1-" #SFX, ISA, QV_GGQ, GGQ_Q4_1, q4_1_##SFX}; \
+    static const QvKernel k_q5_0_##SFX = {"q5_0-" #SFX, ISA, QV_GGQ, GGQ_Q5_0, q5_0_##SFX}; \
+    static const QvKernel k_q5_1_##SFX = {"q5_1-" #SFX, ISA, QV_GGQ, GGQ_Q5_1, q5_1_##SFX}; \
+    static const QvKernel k_q8_0_##SFX = {"q8_0-" #SFX, ISA, QV_GGQ, GGQ_Q8_0, q8_0_##SFX}; \
+    static const QvKernel k_q4_k_##SFX = {"q4_k-" #SFX, ISA, QV_GGQ, GGQ_Q4_K, q4_k_##SFX}; \
+    static const QvKernel k_q5_k_##SFX = {"q5_k-" #SFX, ISA, QV_GGQ, GGQ_Q5_K, q5_k_##SFX}; \
+    static const QvKernel k_q6_k_##SFX = {"q6_k-" #SFX, ISA, QV_GGQ, GGQ_Q6_K, q6_k_##SFX};
+QV_INT_KERNELS(avx2, "avx2")
+QV_INT_KERNELS(avxvnni, "avxvnni")
+QV_INT_KERNELS(avx512, "avx512f")
+QV_INT_KERNELS(avx512vnni, "avx512vnni")
+#define QV_INT_LIST(SFX) \
+    &k_q4_0_##SFX, &k_q4_1_##SFX, &k_q5_0_##SFX, &k_q5_1_##SFX, &k_q8_0_##SFX, &k_q4_k_##SFX, &k_q5_k_##SFX, &k_q6_k_##SFX
+
+static const QvKernel k_f32_avx2 = {"f32-avx2", "avx2", QV_F32, 0, f32_avx2};
+static const QvKernel k_bf16_avx2 = {"bf16-avx2", "avx2", QV_BF16, 0, bf16_avx2};
+static const QvKernel k_f32_avx512 = {"f32-avx512", "avx512f", QV_F32, 0, f32_avx512};
+static const QvKernel k_bf16_avx512 = {"bf16-avx512", "avx512f", QV_BF16, 0, bf16_avx512};
+
+const QvKernel *const qv_kernels_x86[] = {
+    &k_f32_avx2, &k_bf16_avx2, &k_f32_avx512, &k_bf16_avx512,
+    QV_INT_LIST(avx2), QV_INT_LIST(avxvnni), QV_INT_LIST(avx512), QV_INT_LIST(avx512vnni),
+    NULL,
+};
+
+#else  // ---- the body of one integer pass (QV_PASS) ------------------------------------------
+
+#if QV_PASS == 1
+#define TGT __attribute__((target("avx2,fma,f16c")))
+#define SFX(n) n##_avx2
+#define VNNI 0
+#define W512 0
+#elif QV_PASS == 2
+#define TGT __attribute__((target("avx2,fma,f16c,avxvnni")))
+#define SFX(n) n##_avxvnni
+#define VNNI 1
+#define W512 0
+#elif QV_PASS == 3
+#define TGT __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,fma,f16c")))
+#define SFX(n) n##_avx512
+#define VNNI 0
+#define W512 1
+#else
+#define TGT __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx512vnni,fma,f16c")))
+#define SFX(n) n##_avx512vnni
+#define VNNI 1
+#define W512 1
+#endif
+#define INL TGT static inline __attribute__((always_inline))
+
+INL float SFX(h2f)(const uint8_t *p) {
+    uint16_t h;
+    memcpy(&h, p, 2);
+    return _cvtsh_ss(h);
+}
+
+// the sum of 8 fp32 lanes
+INL float SFX(hsum_f)(__m256 s) {
+    __m128 h = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
+    h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+    h = _mm_add_ss(h, _mm_movehdup_ps(h));
+    return _mm_cvtss_f32(h);
+}
+
+// bytes per block of a 32-blocks type
+#define QV_BB32(type) \
+    ((type) == GGQ_Q4_0 ? 18 : (type) == GGQ_Q4_1 ? 20 : (type) == GGQ_Q5_0 ? 22 : (type) == GGQ_Q5_1 ? 24 : 34)
+
+// The 32-blocks' scales, 8 blocks at a time: the fp16 at p + i·bb for i < n (n <= 8) -> 8 fp32
+// lanes (past n: 0), gathered by integer code into two 64-bit words and converted by one
+// vcvtph2ps (instead of a conversion, a multiply and a broadcast per block).
+INL __m256 SFX(halves8)(const uint8_t *p, const int bb, const int n) {
+    uint64_t w[2] = {0, 0};
+    for (int i = 0; i < n; i++) {
+        uint16_t h;
+        memcpy(&h, p + (size_t)i * bb, 2);
+        w[i >> 2] |= (uint64_t)h << 16 * (i & 3);
+    }
+    return _mm256_cvtph_ps(_mm_set_epi64x((long long)w[1], (long long)w[0]));
+}
+// v[0..n) -> 8 fp32 lanes (past n: 0, not read)
+INL __m256 SFX(load8)(const float *v, const int n) {
+    if (n == 8) return _mm256_loadu_ps(v);
+    return _mm256_maskload_ps(v, _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)));
+}
+// Per chunk of n <= 8 blocks from b0 (dw, mw: their fp16 scales and mins, lanes past n 0):
+// lane i of sc[g] = dw·dx of block b0+i for activation g (the block's integer dot Σ q·qx is
+// multiplied by it, lane i picked by a permute), and the blocks' other term added to accm[g] as
+// one vector: Q4_1 / Q5_1's m·s, Q4_0 / Q5_0's -off·(dw·dx)·Σqx (codes taken unsigned, the
+// offset 8 or 16 through the activation's exact block sums bs: exact integers scaled in fp32,
+// like the min term).
+INL void SFX(scales8)(const int type, const __m256 dw, const __m256 mw, int64_t b0, const int n, const QvAct *a,
+                      const int gn, __m256 *sc, __m256 *accm) {
+    const int has_min = type == GGQ_Q4_1 || type == GGQ_Q5_1;
+    const int off = type == GGQ_Q4_0 ? 3 : type == GGQ_Q5_0 ? 4 : 0;  // log2 of the offset
+    for (int g = 0; g < gn; g++) sc[g] = _mm256_mul_ps(dw, SFX(load8)(a[g].d + b0, n));
+    if (has_min)
+        for (int g = 0; g < gn; g++) accm[g] = _mm256_fmadd_ps(mw, SFX(load8)(a[g].s + b0, n), accm[g]);
+    if (off)
+        for (int g = 0; g < gn; g++) {
+            int16_t t[8] = {0};
+            const int16_t *bs = a[g].bs + b0;
+            if (n < 8) memcpy(t, bs, sizeof(int16_t) * (size_t)n), bs = t;
+            const __m256i sx = _mm256_slli_epi32(_mm256_cvtepi16_epi32(_mm_loadu_si128((const __m128i *)bs)), off);
+            accm[g] = _mm256_fnmadd_ps(sc[g], _mm256_cvtepi32_ps(sx), accm[g]);
+        }
+}
+
+// The 12 scale bytes of a Q4_K / Q5_K super-block -> 16 bytes: the 8 6-bit scales, then the 8
+// mins (quant.h's packing read as 32-bit words: sub-blocks 4..7 take their top 2 bits from the
+// top 2 bits of bytes 0..7).
+INL __m128i SFX(k4_scales)(const uint8_t *s) {
+    uint32_t w0, w1, w2;
+    memcpy(&w0, s, 4), memcpy(&w1, s + 4, 4), memcpy(&w2, s + 8, 4);
+    const uint32_t m6 = 0x3f3f3f3fu, m4 = 0x0f0f0f0fu, t2 = 0x30303030u;
+    return _mm_set_epi32((int)((w2 >> 4 & m4) | (w1 >> 2 & t2)), (int)(w1 & m6), (int)((w2 & m4) | (w0 >> 2 & t2)),
+                         (int)(w0 & m6));
+}
+// vpshufb control dwords that make a scale the DOT4S multiplier of every dword of a lane.
+// vpmaddubsw's pair sums need the scale in both 16-bit halves; VNNI's dword sums (|s| < 2^15,
+// possibly negative) are multiplied through vpmaddwd's low half, so the high half must be 0.
+// pick_u8: byte i of the lane zero-extended (the unsigned 6-bit K4 scales);
+// pick_i16: 16-bit element i of the lane (Q6_K's signed scales, already widened).
+static inline int SFX(pick_u8)(int i) {
+    return (int)(VNNI ? 0x80808000u | (unsigned)i : 0x80008000u | (unsigned)i << 16 | (unsigned)i);
+}
+static inline int SFX(pick_i16)(int i) {
+    const unsigned w = (unsigned)(2 * i) | (unsigned)(2 * i + 1) << 8;
+    return (int)(VNNI ? 0x80800000u | w : w | w << 16);
+}
+// Σ_s m_s·Σ qx of a K4 super-block from k4_scales' bytes (broadcast to both lanes) and the
+// activation's 16 sums of 16 (bs): 8 dwords, dword s = m_s·(bs[2s] + bs[2s+1]), exact.
+INL __m256i SFX(k4_mins)(__m256i sm, const int16_t *bs) {
+    const __m256i dup = _mm256_setr_epi8(8, -128, 8, -128, 9, -128, 9, -128, 10, -128, 10, -128, 11, -128, 11, -128,
+                                         12, -128, 12, -128, 13, -128, 13, -128, 14, -128, 14, -128, 15, -128, 15, -128);
+    return _mm256_madd_epi16(_mm256_shuffle_epi8(sm, dup), _mm256_loadu_si256((const __m256i *)bs));
+}
+
+#if !W512
+// ---- 256-bit: one 32-block per vector -----------------------------------------------------------
+// the fp32 accumulators: a vector, zero, the sum of two of them
+#define VACC __m256
+#define VACC_ZERO _mm256_setzero_ps()
+#define VACC_SUM2(u, v) SFX(hsum_f)(_mm256_add_ps(u, v))
+#define VACC_SUM(v) SFX(hsum_f)(v)
+#define VACCI __m256i
+#define VACCI_ZERO _mm256_setzero_si256()
+// Σ_4 (u - off)·s per dword, exact (u, off unsigned bytes, s signed)
+INL __m256i SFX(dot_off)(__m256i u, __m256i s, __m256i off) {
+#if VNNI
+    const __m256i z = _mm256_setzero_si256();
+    return _mm256_sub_epi32(_mm256_dpbusd_avx_epi32(z, u, s), _mm256_dpbusd_avx_epi32(z, off, s));
+#else
+    return _mm256_madd_epi16(_mm256_sub_epi16(_mm256_maddubs_epi16(u, s), _mm256_maddubs_epi16(off, s)),
+                             _mm256_set1_epi16(1));
+#endif
+}
+// Σ_4 u·s per dword
+INL __m256i SFX(dot4)(__m256i u, __m256i s) {
+#if VNNI
+    return _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), u, s);
+#else
+    return _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1));
+#endif
+}
+// Σ_4 w·s per dword for signed weights w (-128..127)
+INL __m256i SFX(dot_s8)(__m256i w, __m256i s) {
+#if VNNI
+    const __m256i b = _mm256_set1_epi8((char)0x80);
+    return SFX(dot_off)(_mm256_xor_si256(w, b), s, b);
+#else
+    return _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_abs_epi8(w), _mm256_sign_epi8(s, w)), _mm256_set1_epi16(1));
+#endif
+}
+// acc + sc·Σ_4 u·s per dword (scv: SFX(scv)(sc) in every lane)
+INL __m256i SFX(dot4s)(__m256i acc, __m256i u, __m256i s, __m256i scv) {
+#if VNNI
+    return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), u, s), scv));
+#else
+    return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), scv));
+#endif
+}
+// byte j = 0xFF where bit j of qh is set
+INL __m256i SFX(bits32)(uint32_t qh) {
+    const __m256i t = _mm256_shuffle_epi8(_mm256_set1_epi32((int)qh),
+                                          _mm256_set_epi64x(0x0303030303030303ll, 0x0202020202020202ll,
+                                                            0x0101010101010101ll, 0));
+    const __m256i bm = _mm256_set1_epi64x((long long)0x8040201008040201ull);
+    return _mm256_cmpeq_epi8(_mm256_and_si256(t, bm), bm);
+}
+
+// Blocks [b0, b0+n) of a row of 32-blocks (n <= 8) against gn activations: per block the 32
+// codes decoded once into a ymm (element j in byte j: the 16 code bytes in both lanes, shifted
+// by 0 | 4, masked), each activation's exact integer dot product per dword, converted and
+// multiplied by lane i of sc (the chunk's scales) into acc0[g] (even i) or acc1[g] (odd i: two
+// chains, so the FMA latency is not the bound).
+INL void SFX(chunk32)(const int type, const uint8_t *p0, int64_t b0, const int n, const QvAct *a, const int gn,
+                      __m256 *acc0, __m256 *acc1, __m256 *accm) {
+    const int bb = QV_BB32(type), has_min = type == GGQ_Q4_1 || type == GGQ_Q5_1;
+    const int five = type == GGQ_Q5_0 || type == GGQ_Q5_1, o = 2 + 2 * has_min + 4 * five;
+    __m256 sc[QV_GMAX];
+    SFX(scales8)(type, SFX(halves8)(p0, bb, n), has_min ? SFX(halves8)(p0 + 2, bb, n) : _mm256_setzero_ps(), b0, n, a,
+                 gn, sc, accm);
+    for (int i = 0; i < n; i++) {
+        const uint8_t *p = p0 + (size_t)i * bb;
+        __m256i v;
+        if (type == GGQ_Q8_0) {
+            v = _mm256_loadu_si256((const __m256i *)(p + 2));
+        } else {
+            const __m256i c = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(p + o)));
+            v = _mm256_and_si256(_mm256_srlv_epi64(c, _mm256_set_epi64x(4, 4, 0, 0)), _mm256_set1_epi8(15));
+            if (five) {
+                uint32_t qh;
+                memcpy(&qh, p + 2 + 2 * has_min, 4);
+                v = _mm256_or_si256(v, _mm256_and_si256(SFX(bits32)(qh), _mm256_set1_epi8(16)));
+            }
+        }
+        const __m256i lane = _mm256_set1_epi32(i);
+        for (int g = 0; g < gn; g++) {
+            const __m256i x = _mm256_loadu_si256((const __m256i *)(a[g].q + 32 * (b0 + i)));
+            const __m256i d = type == GGQ_Q8_0 ? SFX(dot_s8)(v, x) : SFX(dot4)(v, x);
+            const __m256 f = _mm256_cvtepi32_ps(d), s = _mm256_permutevar8x32_ps(sc[g], lane);
+            if (i & 1)
+                acc1[g] = _mm256_fmadd_ps(f, s, acc1[g]);
+            else
+                acc0[g] = _mm256_fmadd_ps(f, s, acc0[g]);
+        }
+    }
+}
+
+// bit k of each byte of hb -> 16 or 0 (Q5_K's fifth bit of sub-block k)
+INL __m256i SFX(bit4)(__m256i hb, const int k) {
+    const __m256i t = _mm256_and_si256(hb, _mm256_set1_epi8((char)(1 << k)));
+    return k <= 4 ? _mm256_slli_epi16(t, 4 - k) : _mm256_srli_epi16(t, k - 4);
+}
+
+// One row of Q4_K / Q5_K super-blocks against gn activations -> out[gn] (the scheme of
+// llama.cpp's ggml_vec_dot_q4_K_q8_K). Per super-block: the scales and mins decoded once (scalar
+// words -> bytes broadcast to both lanes), the codes once per 64 (sub-blocks 2j, 2j+1 in the
+// low / high nibbles of 32 bytes); per activation the pair sums are multiplied by their 16-bit
+// scale (vpmaddwd) and kept exactly in 8 int32 lanes across the 8 sub-blocks, the mins term
+// comes from the activation's sums of 16 (one vpmaddwd); each is converted once and multiplied
+// into a per-activation fp32 vector (d·dx, -dmin·dx); one horizontal sum per row.
+INL void SFX(row_k45)(const int five, const uint8_t *row, int64_t nb, const QvAct *a, const int gn, float *out) {
+    const int bb = five ? 176 : 144;
+    const __m256i m4 = _mm256_set1_epi8(15);
+    __m256 acc[QV_GMAX];
+    for (int g = 0; g < gn; g++) acc[g] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nb; b++) {
+        const uint8_t *p = row + b * bb, *qs = p + (five ? 48 : 16);
+        const __m256i sm = _mm256_broadcastsi128_si256(SFX(k4_scales)(p + 4));
+        const __m256i hb = five ? _mm256_loadu_si256((const __m256i *)(p + 16)) : _mm256_setzero_si256();
+        __m256i sumi[QV_GMAX];
+        for (int g = 0; g < gn; g++) sumi[g] = _mm256_setzero_si256();
+        for (int j = 0; j < 4; j++) {
+            const __m256i q = _mm256_loadu_si256((const __m256i *)(qs + 32 * j));
+            __m256i lo = _mm256_and_si256(q, m4), hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
+            if (five) {
+                lo = _mm256_or_si256(lo, SFX(bit4)(hb, 2 * j));
+                hi = _mm256_or_si256(hi, SFX(bit4)(hb, 2 * j + 1));
+            }
+            const __m256i s0 = _mm256_shuffle_epi8(sm, _mm256_set1_epi32(SFX(pick_u8)(2 * j)));
+            const __m256i s1 = _mm256_shuffle_epi8(sm, _mm256_set1_epi32(SFX(pick_u8)(2 * j + 1)));
+            for (int g = 0; g < gn; g++) {
+                const int8_t *xq = a[g].q + 256 * b + 64 * j;
+                sumi[g] = SFX(dot4s)(sumi[g], lo, _mm256_loadu_si256((const __m256i *)xq), s0);
+                sumi[g] = SFX(dot4s)(sumi[g], hi, _mm256_loadu_si256((const __m256i *)(xq + 32)), s1);
+            }
+        }
+        const float d = SFX(h2f)(p), dmin = SFX(h2f)(p + 2);
+        for (int g = 0; g < gn; g++) {
+            const __m256i summ = SFX(k4_mins)(sm, a[g].bs + 16 * b);
+            const float dx = a[g].d[b];
+            acc[g] = _mm256_fmadd_ps(_mm256_set1_ps(d * dx), _mm256_cvtepi32_ps(sumi[g]), acc[g]);
+            acc[g] = _mm256_fnmadd_ps(_mm256_set1_ps(dmin * dx), _mm256_cvtepi32_ps(summ), acc[g]);
+        }
+    }
+    for (int g = 0; g < gn; g++) out[g] = SFX(hsum_f)(acc[g]);
+}
+
+// Half h (128 elements) of a Q6_K super-block p against gn activations (x at a[g].q + o):
+// the codes of its 4 groups of 32 (low nibbles of ql | 2 bits of qh), each group's two scales
+// (16 elements each: the two 128-bit lanes) picked from the widened scales s16; per activation
+// Σ sc_j·Σ q·qx added exactly to the 8 int32 lanes of sumi[g].
+INL void SFX(q6_half)(const uint8_t *p, const int h, __m256i s16, const QvAct *a, int64_t o, const int gn,
+                      __m256i *sumi) {
+    const __m256i m4 = _mm256_set1_epi8(15), m3 = _mm256_set1_epi8(3);
+    const __m256i S = _mm256_permute2x128_si256(s16, s16, h ? 0x11 : 0x00);  // scales 8h..8h+7
+    const __m256i l0 = _mm256_loadu_si256((const __m256i *)(p + 64 * h));
+    const __m256i l1 = _mm256_loadu_si256((const __m256i *)(p + 64 * h + 32));
+    const __m256i H = _mm256_loadu_si256((const __m256i *)(p + 128 + 32 * h));
+    for (int k = 0; k < 4; k++) {
+        const __m256i src = k & 1 ? l1 : l0;
+        const __m256i low = _mm256_and_si256(k < 2 ? src : _mm256_srli_epi16(src, 4), m4);
+        const __m256i top = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(H, 2 * k), m3), 4);
+        const __m256i c = _mm256_or_si256(low, top);
+        const __m256i scv = _mm256_shuffle_epi8(
+            S, _mm256_set_m128i(_mm_set1_epi32(SFX(pick_i16)(2 * k + 1)), _mm_set1_epi32(SFX(pick_i16)(2 * k))));
+        for (int g = 0; g < gn; g++)
+            sumi[g] = SFX(dot4s)(sumi[g], c, _mm256_loadu_si256((const __m256i *)(a[g].q + o + 128 * h + 32 * k)), scv);
+    }
+}
+// acc + s·(sumi - 32·corr), corr: 8 dwords
+INL __m256 SFX(q6_fin)(__m256 acc, __m256i sumi, __m256i corr, float s) {
+    return _mm256_fmadd_ps(_mm256_set1_ps(s), _mm256_cvtepi32_ps(_mm256_sub_epi32(sumi, _mm256_slli_epi32(corr, 5))), acc);
+}
+
+#else
+// ---- 512-bit: two 32-blocks per vector ----------------------------------------------------------
+#define VACC __m512
+#define VACC_ZERO _mm512_setzero_ps()
+#define VACC_SUM2(u, v) _mm512_reduce_add_ps(_mm512_add_ps(u, v))
+#define VACC_SUM(v) _mm512_reduce_add_ps(v)
+#define VACCI __m512i
+#define VACCI_ZERO _mm512_setzero_si512()
+INL __m512i SFX(dot_off)(__m512i u, __m512i s, __m512i off) {
+#if VNNI
+    const __m512i z = _mm512_setzero_si512();
+    return _mm512_sub_epi32(_mm512_dpbusd_epi32(z, u, s), _mm512_dpbusd_epi32(z, off, s));
+#else
+    return _mm512_madd_epi16(_mm512_sub_epi16(_mm512_maddubs_epi16(u, s), _mm512_maddubs_epi16(off, s)),
+                             _mm512_set1_epi16(1));
+#endif
+}
+INL __m512i SFX(dot4)(__m512i u, __m512i s) {
+#if VNNI
+    return _mm512_dpbusd_epi32(_mm512_setzero_si512(), u, s);
+#else
+    return _mm512_madd_epi16(_mm512_maddubs_epi16(u, s), _mm512_set1_epi16(1));
+#endif
+}
+INL __m512i SFX(dot_s8)(__m512i w, __m512i s) {
+#if VNNI
+    const __m512i b = _mm512_set1_epi8((char)0x80);
+    return SFX(dot_off)(_mm512_xor_si512(w, b), s, b);
+#else
+    const __m512i sn = _mm512_mask_sub_epi8(s, _mm512_movepi8_mask(w), _mm512_setzero_si512(), s);
+    return _mm512_madd_epi16(_mm512_maddubs_epi16(_mm512_abs_epi8(w), sn), _mm512_set1_epi16(1));
+#endif
+}
+INL __m512i SFX(dot4s)(__m512i acc, __m512i u, __m512i s, __m512i scv) {
+#if VNNI
+    return _mm512_add_epi32(acc, _mm512_madd_epi16(_mm512_dpbusd_epi32(_mm512_setzero_si512(), u, s), scv));
+#else
+    return _mm512_add_epi32(acc, _mm512_madd_epi16(_mm512_maddubs_epi16(u, s), scv));
+#endif
+}
+// [a | b]: two ymm -> one zmm
+INL __m512i SFX(cat)(__m256i a, __m256i b) { return _mm512_inserti64x4(_mm512_castsi256_si512(a), b, 1); }
+
+// The bytes of block p and (two) the next one, for the 4/5-bit types: one masked load (nothing
+// read past them; bytes past them 0)
+INL __m512i SFX(raw2)(const int type, const uint8_t *p, const int two) {
+    const int bb = QV_BB32(type);
+    return _mm512_maskz_loadu_epi8(two ? (1ull << 2 * bb) - 1 : (1ull << bb) - 1, p);
+}
+// The codes of block p and (two) the next one -> zmm, element j of the first in byte j, of the
+// second in byte 32 + j (zero when !two). The 4/5-bit types from raw2's bytes: their two 16
+// code bytes spread by one vpermw to [c0 | c0 | c1 | c1] (the code bytes start at even offsets
+// in every type), shifted by [0 | 4 | 0 | 4] and masked; Q5's fifth bits added under the
+// 64-bit mask qh0 | qh1 << 32.
+INL __m512i SFX(codes2)(const int type, const uint8_t *p, const __m512i raw, const int two) {
+    const int bb = QV_BB32(type), has_min = type == GGQ_Q4_1 || type == GGQ_Q5_1;
+    const int five = type == GGQ_Q5_0 || type == GGQ_Q5_1, o = 2 + 2 * has_min + 4 * five;
+    if (type == GGQ_Q8_0)
+        return SFX(cat)(_mm256_loadu_si256((const __m256i *)(p + 2)),
+                        two ? _mm256_loadu_si256((const __m256i *)(p + bb + 2)) : _mm256_setzero_si256());
+    const __m512i j8 = _mm512_set_epi64(0x0007000600050004ll, 0x0003000200010000ll, 0x0007000600050004ll,
+                                        0x0003000200010000ll, 0x0007000600050004ll, 0x0003000200010000ll,
+                                        0x0007000600050004ll, 0x0003000200010000ll);
+    const __m512i idx = _mm512_add_epi16(j8, SFX(cat)(_mm256_set1_epi16((short)(o / 2)), _mm256_set1_epi16((short)((bb + o) / 2))));
+    __m512i v = _mm512_and_si512(_mm512_srlv_epi64(_mm512_permutexvar_epi16(idx, raw), _mm512_set_epi64(4, 4, 0, 0, 4, 4, 0, 0)),
+                                 _mm512_set1_epi8(15));
+    if (five) {
+        uint32_t h0, h1 = 0;
+        memcpy(&h0, p + 2 + 2 * has_min, 4);
+        if (two) memcpy(&h1, p + bb + 2 + 2 * has_min, 4);
+        v = _mm512_mask_add_epi8(v, (__mmask64)h0 | (__mmask64)h1 << 32, v, _mm512_set1_epi8(16));
+    }
+    return v;
+}
+// As the 256-bit chunk32 with two blocks per zmm (an odd last block alone: its pair's second
+// half has zero codes, zero activation bytes and scale lane n, which is 0); pairs alternate
+// between the two accumulators.
+INL void SFX(chunk32)(const int type, const uint8_t *p0, int64_t b0, const int n, const QvAct *a, const int gn,
+                      __m512 *acc0, __m512 *acc1, __m256 *accm) {
+    const int bb = QV_BB32(type);
+    const int has_min = type == GGQ_Q4_1 || type == GGQ_Q5_1;
+    __m256 sc[QV_GMAX];
+    // (the scales gathered by integer code: measured faster here than two vpermt2w of the pairs' bytes)
+    SFX(scales8)(type, SFX(halves8)(p0, bb, n), has_min ? SFX(halves8)(p0 + 2, bb, n) : _mm256_setzero_ps(), b0, n, a,
+                 gn, sc, accm);
+    for (int i = 0; i < n; i += 2) {
+        const int two = i + 1 < n;
+        const uint8_t *p = p0 + (size_t)i * bb;
+        const __m512i v = SFX(codes2)(type, p, type == GGQ_Q8_0 ? _mm512_setzero_si512() : SFX(raw2)(type, p, two), two);
+        const __m512i lanes = SFX(cat)(_mm256_set1_epi32(i), _mm256_set1_epi32(i + 1));
+        for (int g = 0; g < gn; g++) {
+            const int8_t *xq = a[g].q + 32 * (b0 + i);
+            const __m512i x = two ? _mm512_loadu_si512(xq) : _mm512_maskz_loadu_epi8(0xFFFFFFFFull, xq);
+            const __m512i d = type == GGQ_Q8_0 ? SFX(dot_s8)(v, x) : SFX(dot4)(v, x);
+            const __m512 f = _mm512_cvtepi32_ps(d), s = _mm512_permutexvar_ps(lanes, _mm512_castps256_ps512(sc[g]));
+            if (i & 2)
+                acc1[g] = _mm512_fmadd_ps(f, s, acc1[g]);
+            else
+                acc0[g] = _mm512_fmadd_ps(f, s, acc0[g]);
+        }
+    }
+}
+
+// The 4 dwords of each 128-bit lane i of a zmm set to c[i]
+INL __m512i SFX(lanes4)(int c0, int c1, int c2, int c3) {
+    return _mm512_set_epi32(c3, c3, c3, c3, c2, c2, c2, c2, c1, c1, c1, c1, c0, c0, c0, c0);
+}
+
+// Q4_K / Q5_K as the 256-bit row_k45, with sub-blocks 2j and 2j+1 in the two halves of a zmm
+// (their 64 activation bytes contiguous) and Q5_K's fifth bit added under a byte mask.
+INL void SFX(row_k45)(const int five, const uint8_t *row, int64_t nb, const QvAct *a, const int gn, float *out) {
+    const int bb = five ? 176 : 144;
+    const __m512i m4 = _mm512_set1_epi8(15), m16 = _mm512_set1_epi8(16);
+    __m512 acc[QV_GMAX];
+    for (int g = 0; g < gn; g++) acc[g] = _mm512_setzero_ps();
+    for (int64_t b = 0; b < nb; b++) {
+        const uint8_t *p = row + b * bb, *qs = p + (five ? 48 : 16);
+        const __m128i s8 = SFX(k4_scales)(p + 4);
+        const __m512i sm = _mm512_broadcast_i32x4(s8);
+        const __m256i hb = five ? _mm256_loadu_si256((const __m256i *)(p + 16)) : _mm256_setzero_si256();
+        const __m512i hb2 = SFX(cat)(hb, hb);
+        __m512i sumi[QV_GMAX];
+        for (int g = 0; g < gn; g++) sumi[g] = _mm512_setzero_si512();
+        for (int j = 0; j < 4; j++) {
+            const __m256i q = _mm256_loadu_si256((const __m256i *)(qs + 32 * j));
+            __m512i v = _mm512_and_si512(SFX(cat)(q, _mm256_srli_epi16(q, 4)), m4);
+            if (five) {
+                const __m512i sel = SFX(cat)(_mm256_set1_epi8((char)(1 << 2 * j)), _mm256_set1_epi8((char)(2 << 2 * j)));
+                v = _mm512_mask_add_epi8(v, _mm512_test_epi8_mask(hb2, sel), v, m16);
+            }
+            const int c0 = SFX(pick_u8)(2 * j), c1 = SFX(pick_u8)(2 * j + 1);
+            const __m512i scv = _mm512_shuffle_epi8(sm, SFX(lanes4)(c0, c0, c1, c1));
+            for (int g = 0; g < gn; g++)
+                sumi[g] = SFX(dot4s)(sumi[g], v, _mm512_loadu_si512(a[g].q + 256 * b + 64 * j), scv);
+        }
+        const float d = SFX(h2f)(p), dmin = SFX(h2f)(p + 2);
+        for (int g = 0; g < gn; g++) {
+            const __m256i summ = SFX(k4_mins)(_mm512_castsi512_si256(sm), a[g].bs + 16 * b);
+            const float dx = a[g].d[b];
+            acc[g] = _mm512_fmadd_ps(_mm512_set1_ps(d * dx), _mm512_cvtepi32_ps(sumi[g]), acc[g]);
+            acc[g] = _mm512_fnmadd_ps(_mm512_set1_ps(dmin * dx), _mm512_zextps256_ps512(_mm256_cvtepi32_ps(summ)), acc[g]);
+        }
+    }
+    for (int g = 0; g < gn; g++) out[g] = _mm512_reduce_add_ps(acc[g]);
+}
+
+// Q6_K's half as the 256-bit q6_half, 64 elements per zmm: the low nibbles of ql[0..63] (groups
+// 0 and 1 of the half), then the high nibbles (groups 2 and 3); 128-bit lane i of a part takes
+// scale 8h + 4·part + i.
+INL void SFX(q6_half)(const uint8_t *p, const int h, __m256i s16, const QvAct *a, int64_t o, const int gn,
+                      __m512i *sumi) {
+    const __m512i m4 = _mm512_set1_epi8(15), m3 = _mm512_set1_epi8(3);
+    const __m512i S = _mm512_broadcast_i32x4(h ? _mm256_extracti128_si256(s16, 1) : _mm256_castsi256_si128(s16));
+    const __m512i A = _mm512_loadu_si512(p + 64 * h);
+    const __m256i H = _mm256_loadu_si256((const __m256i *)(p + 128 + 32 * h));
+    const __m512i H2 = SFX(cat)(H, _mm256_srli_epi16(H, 2));
+    for (int part = 0; part < 2; part++) {
+        const __m512i low = _mm512_and_si512(part ? _mm512_srli_epi16(A, 4) : A, m4);
+        const __m512i top = _mm512_slli_epi16(_mm512_and_si512(part ? _mm512_srli_epi16(H2, 4) : H2, m3), 4);
+        const __m512i c = _mm512_or_si512(low, top);
+        const __m512i scv = _mm512_shuffle_epi8(S, SFX(lanes4)(SFX(pick_i16)(4 * part), SFX(pick_i16)(4 * part + 1),
+                                                               SFX(pick_i16)(4 * part + 2), SFX(pick_i16)(4 * part + 3)));
+        for (int g = 0; g < gn; g++)
+            sumi[g] = SFX(dot4s)(sumi[g], c, _mm512_loadu_si512(a[g].q + o + 128 * h + 64 * part), scv);
+    }
+}
+INL __m512 SFX(q6_fin)(__m512 acc, __m512i sumi, __m256i corr, float s) {
+    const __m512i si = _mm512_sub_epi32(sumi, _mm512_zextsi256_si512(_mm256_slli_epi32(corr, 5)));
+    return _mm512_fmadd_ps(_mm512_set1_ps(s), _mm512_cvtepi32_ps(si), acc);
+}
+#endif
+
+// ---- width-independent: the drivers -------------------------------------------------------------
+
+// One row of Q6_K super-blocks against gn activations -> out[gn] (llama.cpp's
+// ggml_vec_dot_q6_K_q8_K scheme, with the -32 taken from the sums of 16): per super-block the
+// scales widened once, each activation's Σ sc_j·Σ q·qx exact in int32 lanes (q6_half), minus
+// 32·Σ sc_j·bs_j (one vpmaddwd), converted once (q6_fin); one horizontal sum per row.
+INL void SFX(row_q6)(const uint8_t *row, int64_t nb, const QvAct *a, const int gn, float *out) {
+    VACC acc[QV_GMAX];
+    for (int g = 0; g < gn; g++) acc[g] = VACC_ZERO;
+    for (int64_t b = 0; b < nb; b++) {
+        const uint8_t *p = row + b * 210;
+        const __m256i s16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(p + 192)));
+        VACCI sumi[QV_GMAX];
+        for (int g = 0; g < gn; g++) sumi[g] = VACCI_ZERO;
+        for (int h = 0; h < 2; h++) SFX(q6_half)(p, h, s16, a, 256 * b, gn, sumi);
+        const float d = SFX(h2f)(p + 208);
+        for (int g = 0; g < gn; g++) {
+            const __m256i corr = _mm256_madd_epi16(s16, _mm256_loadu_si256((const __m256i *)(a[g].bs + 16 * b)));
+            acc[g] = SFX(q6_fin)(acc[g], sumi[g], corr, d * a[g].d[b]);
+        }
+    }
+    for (int g = 0; g < gn; g++) out[g] = VACC_SUM(acc[g]);
+}
+
+// One row of 32-blocks against gn activations -> out[gn]: chunks of 8 blocks (the last one
+// shorter), one horizontal sum per row and activation.
+INL void SFX(row32)(const int type, const uint8_t *row, int64_t nb, const QvAct *a, const int gn, float *out) {
+    const int bb = QV_BB32(type);
+    VACC acc0[QV_GMAX], acc1[QV_GMAX];
+    __m256 accm[QV_GMAX];
+    for (int g = 0; g < gn; g++) acc0[g] = acc1[g] = VACC_ZERO, accm[g] = _mm256_setzero_ps();
+    int64_t b0 = 0;
+    for (; b0 + 8 <= nb; b0 += 8) SFX(chunk32)(type, row + b0 * bb, b0, 8, a, gn, acc0, acc1, accm);
+    if (b0 < nb) SFX(chunk32)(type, row + b0 * bb, b0, (int)(nb - b0), a, gn, acc0, acc1, accm);
+    for (int g = 0; g < gn; g++) out[g] = VACC_SUM2(acc0[g], acc1[g]) + SFX(hsum_f)(accm[g]);
+}
+
+#define ROW_Q4_0(row, nb, a, gn, out) SFX(row32)(GGQ_Q4_0, row, nb, a, gn, out)
+#define ROW_Q4_1(row, nb, a, gn, out) SFX(row32)(GGQ_Q4_1, row, nb, a, gn, out)
+#define ROW_Q5_0(row, nb, a, gn, out) SFX(row32)(GGQ_Q5_0, row, nb, a, gn, out)
+#define ROW_Q5_1(row, nb, a, gn, out) SFX(row32)(GGQ_Q5_1, row, nb, a, gn, out)
+#define ROW_Q8_0(row, nb, a, gn, out) SFX(row32)(GGQ_Q8_0, row, nb, a, gn, out)
+#define ROW_Q4_K(row, nb, a, gn, out) SFX(row_k45)(0, row, nb, a, gn, out)
+#define ROW_Q5_K(row, nb, a, gn, out) SFX(row_k45)(1, row, nb, a, gn, out)
+#define ROW_Q6_K(row, nb, a, gn, out) SFX(row_q6)(row, nb, a, gn, out)
+// x (C) q8 blocks, W (OC,C) GGUF -> y (OC)
+QV_DRIVER(SFX(q4_0), TGT, 32, ROW_Q4_0)
+QV_DRIVER(SFX(q4_1), TGT, 32, ROW_Q4_1)
+QV_DRIVER(SFX(q5_0), TGT, 32, ROW_Q5_0)
+QV_DRIVER(SFX(q5_1), TGT, 32, ROW_Q5_1)
+QV_DRIVER(SFX(q8_0), TGT, 32, ROW_Q8_0)
+QV_DRIVER(SFX(q4_k), TGT, 256, ROW_Q4_K)
+QV_DRIVER(SFX(q5_k), TGT, 256, ROW_Q5_K)
+QV_DRIVER(SFX(q6_k), TGT, 256, ROW_Q6_K)
+
+#undef ROW_Q4_0
+#undef ROW_Q4_1
+#undef ROW_Q5_0
+#undef ROW_Q5_1
+#undef ROW_Q8_0
+#undef ROW_Q4_K
+#undef ROW_Q5_K
+#undef ROW_Q6_K
+#undef INL
+#undef TGT
+#undef SFX
+#undef VNNI
+#undef W512
+#undef QV_BB32
+#undef VACC
+#undef VACC_ZERO
+#undef VACC_SUM2
+#undef VACC_SUM
+#undef VACCI
+#undef VACCI_ZERO
+#endif  // QV_PASS
+
+#else  // not x86-64
+const QvKernel *const qv_kernels_x86[] = {NULL};
+#endif
