@@ -323,44 +323,19 @@ else
     echo "bench: no tokenizer for the decode GGUFs (set BENCH_TOKENIZER=FILE.model)" >&2
 fi
 
-# serve_adapters DIR N: N random PEFT adapters of the SmolLM2 shape in DIR/a1..aN (once): rank
-# 16 on all seven targets, A and B ~ N(0, 0.02²) (B nonzero, so each changes the output)
+# serve_adapters DIR N R: N random PEFT adapters of the SmolLM2 shape in DIR/a1..aN (once): rank
+# R on all seven targets, A and B ~ N(0, 0.02²) (B nonzero, so each changes the output)
 serve_adapters() {
     [ -f "$1/a$2/adapter_model.safetensors" ] && return 0
-    "$PY" - "$1" "$2" << 'PYEOF'
-import json, os, struct, sys
-import numpy as np
-root, n = sys.argv[1], int(sys.argv[2])
-L, C, F, KD, r = 30, 576, 1536, 192, 16
-mods = {"self_attn.q_proj": (C, C), "self_attn.k_proj": (KD, C), "self_attn.v_proj": (KD, C),
-        "self_attn.o_proj": (C, C), "mlp.gate_proj": (F, C), "mlp.up_proj": (F, C), "mlp.down_proj": (C, F)}
-for a in range(1, n + 1):
-    rng, d = np.random.default_rng(a), os.path.join(root, "a%d" % a)
-    os.makedirs(d, exist_ok=True)
-    head, blobs, off = {}, [], 0
-    for l in range(L):
-        for m, (out, inp) in mods.items():
-            for k, shape in (("lora_A", (r, inp)), ("lora_B", (out, r))):
-                b = (rng.standard_normal(shape) * 0.02).astype("<f4").tobytes()
-                head["base_model.model.model.layers.%d.%s.%s.weight" % (l, m, k)] = \
-                    {"dtype": "F32", "shape": list(shape), "data_offsets": [off, off + len(b)]}
-                blobs.append(b)
-                off += len(b)
-    h = json.dumps(head).encode()
-    h += b" " * (-len(h) % 8)
-    with open(os.path.join(d, "adapter_model.safetensors"), "wb") as f:
-        f.write(struct.pack("<Q", len(h)) + h + b"".join(blobs))
-    json.dump({"peft_type": "LORA", "task_type": "CAUSAL_LM", "r": r, "lora_alpha": 2 * r, "lora_dropout": 0.0,
-               "bias": "none", "target_modules": [m.split(".")[1] for m in mods]},
-              open(os.path.join(d, "adapter_config.json"), "w"))
-PYEOF
+    "$PY" scripts/random_adapters.py "$1" --n "$2" --rank "$3" --dim 576 --layers 30 --heads 9 --kv-heads 3 --ffn 1536
 }
 
-# serve_bench MODEL: `lora serve` with 8 adapters; bench/serve_load.py (one stream alone on a1,
-# then 8 streams on a1..a8) -> its --json figures, empty on failure
+# serve_bench MODEL: `lora serve` with 8 adapters of rank $SERVE_RANK; bench/serve_load.py (one
+# stream alone on a1, then 8 streams on a1..a8) -> its --json figures, empty on failure
+SERVE_RANK=${BENCH_SERVE_RANK:-8}
 serve_bench() {
-    local ad=$MD/adapters-smollm2 slog=$BUILD/bench/serve.log sjson=$BUILD/bench/serve_load.json names="" flags=()
-    serve_adapters "$ad" 8 >> "$LOG" 2>&1 || { echo "bench: writing the random adapters failed" >&2; return 1; }
+    local ad=$MD/adapters-smollm2-r$SERVE_RANK slog=$BUILD/bench/serve.log sjson=$BUILD/bench/serve_load.json names="" flags=()
+    serve_adapters "$ad" 8 "$SERVE_RANK" >> "$LOG" 2>&1 || { echo "bench: writing the random adapters failed" >&2; return 1; }
     for i in 1 2 3 4 5 6 7 8; do names+=${names:+,}a$i; flags+=(--adapter "a$i=$ad/a$i"); done
     "$LORA" serve --model "$1" --tokenizer "$TOK" "${flags[@]}" --port 0 --threads $DEC_THREADS --max-batch 8 \
         --max-conn-per-client 64 > "$slog" 2>&1 &
@@ -385,9 +360,13 @@ serve_bench() {
 }
 
 # ---- serving: lora serve under bench/serve_load.py, SmolLM2 shape, 8 random adapters ----------
-SERVE_OUT=""
-if [ -f bench/serve_load.py ] && [ -f "$MD/smollm2-135m-q4_0.gguf" ]; then
-    SERVE_OUT=$(serve_bench "$MD/smollm2-135m-q4_0.gguf")
+# on the fp32 HF directory as loaded (the base of the issue that asked for batching) and on the
+# Q4_0 file
+declare -A SERVE_OUT=()
+SERVE_BASES="f32 q4_0"
+if [ -f bench/serve_load.py ]; then
+    [ -f "$SMOL/config.json" ] && SERVE_OUT[f32]=$(serve_bench "$SMOL")
+    [ -f "$MD/smollm2-135m-q4_0.gguf" ] && SERVE_OUT[q4_0]=$(serve_bench "$MD/smollm2-135m-q4_0.gguf")
 fi
 
 if [ "$ONLY" != decode ]; then
@@ -470,10 +449,11 @@ echo "  Q4_0 files: output matrix (SmolLM2: the tied token_embd) Q8_0 where llam
 echo "  NF4*: lora --quant nf4 on the fp32 HF directory of the same weights (quantized at load; RSS includes"
 echo "  reading the fp32 file), against llama.cpp on the Q4_0 file"
 if [ -f bench/serve_load.py ]; then
+  for base in $SERVE_BASES; do
     echo
-    echo "== serving: lora serve (SmolLM2 shape Q4_0, 8 random rank-16 adapters, --max-batch 8, $DEC_THREADS threads),"
-    echo "   bench/serve_load.py: streamed greedy completions of $DEC_N tokens, 4 per stream"
-    if [ -z "$SERVE_OUT" ]; then
+    echo "== serving: lora serve (SmolLM2 shape, base ${base/f32/fp32 as loaded}, 8 random rank-$SERVE_RANK adapters, --max-batch 8,"
+    echo "   $DEC_THREADS threads), bench/serve_load.py: streamed greedy completions of $DEC_N tokens, 4 per stream"
+    if [ -z "${SERVE_OUT[$base]:-}" ]; then
         echo "  failed or not run (see $LOG and $BUILD/bench/serve.log)"
     else
         "$PY" -c '
@@ -493,8 +473,9 @@ if s: row("1 stream, adapter a1", s)
 row("%d streams, adapters a1..a8" % d["streams"], d)
 if s and rate(s): print("  aggregate %.2fx the single stream" % (rate(d) / rate(s)))
 if est: print("  *: the server sent no usage chunk: tokens taken as requests x max_tokens (ignore_eos)")
-' "$SERVE_OUT" || echo "  unreadable serve_load.py output: $SERVE_OUT"
+' "${SERVE_OUT[$base]}" || echo "  unreadable serve_load.py output: ${SERVE_OUT[$base]}"
     fi
+  done
 fi
 echo
 echo "machine peak before: $PEAK_BEFORE"

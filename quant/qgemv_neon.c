@@ -17,7 +17,6 @@
 
 #define INL static inline __attribute__((always_inline))
 
-static inline void store1(float *y, int accumulate, float v) { *y = accumulate ? *y + v : v; }
 
 // Σ w·x over 16 signed bytes -> 4 lanes (exact), added to acc
 INL int32x4_t dot16(int32x4_t acc, int8x16_t w, int8x16_t x) {
@@ -161,39 +160,24 @@ INL void rowk(const int type, const uint8_t *row, int64_t nb, const QvAct *a, co
     for (int g = 0; g < gn; g++) out[g] = acc[g] - accm[g];
 }
 
-#define QV_DRIVER(NAME, QK, ROW, TYPE)                                                                        \
-    static void NAME(const QvMatrix *w, int64_t r0, int64_t nr, const uint8_t *qx, size_t act, int G, float *y, \
-                     int64_t ldy, int accumulate) {                                                           \
-        const GgqMatrix *m = w->data;                                                                         \
-        const int64_t nb = m->cols / QK;                                                                      \
-        const size_t rb = (size_t)nb * ggq_block_bytes(m->type);                                              \
-        for (int64_t r = r0; r < r0 + nr; r++) {                                                              \
-            const uint8_t *row = (const uint8_t *)m->data + (size_t)r * rb;                                   \
-            for (int g0 = 0; g0 < G; g0 += QV_GMAX) {                                                         \
-                const int gn = G - g0 < QV_GMAX ? G - g0 : QV_GMAX;                                           \
-                QvAct a[QV_GMAX];                                                                             \
-                float out[QV_GMAX];                                                                           \
-                for (int g = 0; g < gn; g++) a[g] = qv_act_view(qx + (g0 + g) * act, m->cols, QK);            \
-                switch (gn) {                                                                                 \
-                case 1: ROW(TYPE, row, nb, a, 1, out); break;                                                 \
-                case 2: ROW(TYPE, row, nb, a, 2, out); break;                                                 \
-                case 3: ROW(TYPE, row, nb, a, 3, out); break;                                                 \
-                default: ROW(TYPE, row, nb, a, QV_GMAX, out); break;                                          \
-                }                                                                                             \
-                for (int g = 0; g < gn; g++) store1(y + (g0 + g) * ldy + r, accumulate, out[g]);              \
-            }                                                                                                 \
-        }                                                                                                     \
-    }
 
 // x (C) q8 blocks, W (OC,C) GGUF -> y (OC)
-QV_DRIVER(q4_0_neon, 32, row32, GGQ_Q4_0)
-QV_DRIVER(q4_1_neon, 32, row32, GGQ_Q4_1)
-QV_DRIVER(q5_0_neon, 32, row32, GGQ_Q5_0)
-QV_DRIVER(q5_1_neon, 32, row32, GGQ_Q5_1)
-QV_DRIVER(q8_0_neon, 32, row32, GGQ_Q8_0)
-QV_DRIVER(q4_k_neon, 256, rowk, GGQ_Q4_K)
-QV_DRIVER(q5_k_neon, 256, rowk, GGQ_Q5_K)
-QV_DRIVER(q6_k_neon, 256, rowk, GGQ_Q6_K)
+#define ROW_Q4_0(r_, n_, a_, g_, o_) row32(GGQ_Q4_0, r_, n_, a_, g_, o_)
+QV_INT_DRIVER(q4_0_neon, , 32, ROW_Q4_0)
+#define ROW_Q4_1(r_, n_, a_, g_, o_) row32(GGQ_Q4_1, r_, n_, a_, g_, o_)
+QV_INT_DRIVER(q4_1_neon, , 32, ROW_Q4_1)
+#define ROW_Q5_0(r_, n_, a_, g_, o_) row32(GGQ_Q5_0, r_, n_, a_, g_, o_)
+QV_INT_DRIVER(q5_0_neon, , 32, ROW_Q5_0)
+#define ROW_Q5_1(r_, n_, a_, g_, o_) row32(GGQ_Q5_1, r_, n_, a_, g_, o_)
+QV_INT_DRIVER(q5_1_neon, , 32, ROW_Q5_1)
+#define ROW_Q8_0(r_, n_, a_, g_, o_) row32(GGQ_Q8_0, r_, n_, a_, g_, o_)
+QV_INT_DRIVER(q8_0_neon, , 32, ROW_Q8_0)
+#define ROW_Q4_K(r_, n_, a_, g_, o_) rowk(GGQ_Q4_K, r_, n_, a_, g_, o_)
+QV_INT_DRIVER(q4_k_neon, , 256, ROW_Q4_K)
+#define ROW_Q5_K(r_, n_, a_, g_, o_) rowk(GGQ_Q5_K, r_, n_, a_, g_, o_)
+QV_INT_DRIVER(q5_k_neon, , 256, ROW_Q5_K)
+#define ROW_Q6_K(r_, n_, a_, g_, o_) rowk(GGQ_Q6_K, r_, n_, a_, g_, o_)
+QV_INT_DRIVER(q6_k_neon, , 256, ROW_Q6_K)
 
 // ---- fp32 / bf16 weights ---------------------------------------------------------------------
 
@@ -237,31 +221,9 @@ INL void fp_row(const void *wr, int bf, int64_t C, const float *const *x, const 
         out[g] = vaddvq_f32(vaddq_f32(vaddq_f32(acc[g][0], acc[g][1]), vaddq_f32(acc[g][2], acc[g][3])));
 }
 
-#define FP_DRIVER(NAME, BF)                                                                                   \
-    static void NAME(const QvMatrix *w, int64_t r0, int64_t nr, const uint8_t *qx, size_t act, int G, float *y, \
-                     int64_t ldy, int accumulate) {                                                           \
-        const int64_t C = w->cols;                                                                            \
-        for (int64_t r = r0; r < r0 + nr; r++) {                                                              \
-            const void *wr = (const uint8_t *)w->data + (size_t)(r * C) * (BF ? 2 : 4);                       \
-            for (int g0 = 0; g0 < G; g0 += QV_GMAX) {                                                         \
-                const int gn = G - g0 < QV_GMAX ? G - g0 : QV_GMAX;                                           \
-                const float *x[QV_GMAX];                                                                      \
-                float out[QV_GMAX];                                                                           \
-                for (int g = 0; g < gn; g++) x[g] = (const float *)(qx + (g0 + g) * act);                     \
-                switch (gn) {                                                                                 \
-                case 1: fp_row(wr, BF, C, x, 1, out); break;                                                  \
-                case 2: fp_row(wr, BF, C, x, 2, out); break;                                                  \
-                case 3: fp_row(wr, BF, C, x, 3, out); break;                                                  \
-                default: fp_row(wr, BF, C, x, QV_GMAX, out); break;                                           \
-                }                                                                                             \
-                for (int g = 0; g < gn; g++) store1(y + (g0 + g) * ldy + r, accumulate, out[g]);              \
-            }                                                                                                 \
-        }                                                                                                     \
-    }
-
 // x (C), W (OC,C) fp32 / bf16 -> y (OC)
-FP_DRIVER(f32_neon, 0)
-FP_DRIVER(bf16_neon, 1)
+QV_FP_DRIVER(f32_neon, , fp_row, 0)
+QV_FP_DRIVER(bf16_neon, , fp_row, 1)
 
 static const QvKernel K_NEON[] = {
     {"f32-neon", "neon", QV_F32, 0, f32_neon},

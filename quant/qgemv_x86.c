@@ -31,34 +31,6 @@
 #include <immintrin.h>
 #include <string.h>
 
-static inline void store1(float *y, int accumulate, float v) { *y = accumulate ? *y + v : v; }
-
-// The driver of a format's row kernel: rows [r0, r0+nr), activations in passes of QV_GMAX with
-// the count a compile-time constant inside ROW (so its accumulators stay in registers).
-// ROW(row pointer, activation views, gn, out[gn]).
-#define QV_DRIVER(NAME, TGT, QK, ROW)                                                                    \
-    TGT static void NAME(const QvMatrix *w, int64_t r0, int64_t nr, const uint8_t *qx, size_t act, int G, \
-                         float *y, int64_t ldy, int accumulate) {                                         \
-        const GgqMatrix *m = w->data;                                                                     \
-        const int64_t nb = m->cols / QK;                                                                  \
-        const size_t rb = (size_t)nb * ggq_block_bytes(m->type);                                          \
-        for (int64_t r = r0; r < r0 + nr; r++) {                                                          \
-            const uint8_t *row = (const uint8_t *)m->data + (size_t)r * rb;                               \
-            for (int g0 = 0; g0 < G; g0 += QV_GMAX) {                                                     \
-                const int gn = G - g0 < QV_GMAX ? G - g0 : QV_GMAX;                                       \
-                QvAct a[QV_GMAX];                                                                         \
-                float out[QV_GMAX];                                                                       \
-                for (int g = 0; g < gn; g++) a[g] = qv_act_view(qx + (g0 + g) * act, m->cols, QK);        \
-                switch (gn) {                                                                             \
-                case 1: ROW(row, nb, a, 1, out); break;                                                   \
-                case 2: ROW(row, nb, a, 2, out); break;                                                   \
-                case 3: ROW(row, nb, a, 3, out); break;                                                   \
-                default: ROW(row, nb, a, QV_GMAX, out); break;                                            \
-                }                                                                                         \
-                for (int g = 0; g < gn; g++) store1(y + (g0 + g) * ldy + r, accumulate, out[g]);          \
-            }                                                                                             \
-        }                                                                                                 \
-    }
 
 #define QV_PASS 1
 #include "quant/qgemv_x86.c"
@@ -160,33 +132,11 @@ T512F INLF void fp_row512(const void *wr, int bf, int64_t C, const float *const 
         out[g] = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(acc[g][0], acc[g][1]), _mm512_add_ps(acc[g][2], acc[g][3])));
 }
 
-#define FP_DRIVER(NAME, TGT, ROWFN, BF)                                                                    \
-    TGT static void NAME(const QvMatrix *w, int64_t r0, int64_t nr, const uint8_t *qx, size_t act, int G,   \
-                         float *y, int64_t ldy, int accumulate) {                                           \
-        const int64_t C = w->cols;                                                                          \
-        for (int64_t r = r0; r < r0 + nr; r++) {                                                            \
-            const void *wr = (const uint8_t *)w->data + (size_t)(r * C) * (BF ? 2 : 4);                     \
-            for (int g0 = 0; g0 < G; g0 += QV_GMAX) {                                                       \
-                const int gn = G - g0 < QV_GMAX ? G - g0 : QV_GMAX;                                         \
-                const float *x[QV_GMAX];                                                                    \
-                float out[QV_GMAX];                                                                         \
-                for (int g = 0; g < gn; g++) x[g] = (const float *)(qx + (g0 + g) * act);                   \
-                switch (gn) {                                                                               \
-                case 1: ROWFN(wr, BF, C, x, 1, out); break;                                                 \
-                case 2: ROWFN(wr, BF, C, x, 2, out); break;                                                 \
-                case 3: ROWFN(wr, BF, C, x, 3, out); break;                                                 \
-                default: ROWFN(wr, BF, C, x, QV_GMAX, out); break;                                          \
-                }                                                                                           \
-                for (int g = 0; g < gn; g++) store1(y + (g0 + g) * ldy + r, accumulate, out[g]);            \
-            }                                                                                               \
-        }                                                                                                   \
-    }
-
 // x (C), W (OC,C) fp32 / bf16 -> y (OC)
-FP_DRIVER(f32_avx2, T256F, fp_row256, 0)
-FP_DRIVER(bf16_avx2, T256F, fp_row256, 1)
-FP_DRIVER(f32_avx512, T512F, fp_row512, 0)
-FP_DRIVER(bf16_avx512, T512F, fp_row512, 1)
+QV_FP_DRIVER(f32_avx2, T256F, fp_row256, 0)
+QV_FP_DRIVER(bf16_avx2, T256F, fp_row256, 1)
+QV_FP_DRIVER(f32_avx512, T512F, fp_row512, 0)
+QV_FP_DRIVER(bf16_avx512, T512F, fp_row512, 1)
 
 // ---- the table ---------------------------------------------------------------------------------
 
@@ -717,14 +667,14 @@ INL void SFX(row32)(const int type, const uint8_t *row, int64_t nb, const QvAct 
 #define ROW_Q5_K(row, nb, a, gn, out) SFX(row_k45)(1, row, nb, a, gn, out)
 #define ROW_Q6_K(row, nb, a, gn, out) SFX(row_q6)(row, nb, a, gn, out)
 // x (C) q8 blocks, W (OC,C) GGUF -> y (OC)
-QV_DRIVER(SFX(q4_0), TGT, 32, ROW_Q4_0)
-QV_DRIVER(SFX(q4_1), TGT, 32, ROW_Q4_1)
-QV_DRIVER(SFX(q5_0), TGT, 32, ROW_Q5_0)
-QV_DRIVER(SFX(q5_1), TGT, 32, ROW_Q5_1)
-QV_DRIVER(SFX(q8_0), TGT, 32, ROW_Q8_0)
-QV_DRIVER(SFX(q4_k), TGT, 256, ROW_Q4_K)
-QV_DRIVER(SFX(q5_k), TGT, 256, ROW_Q5_K)
-QV_DRIVER(SFX(q6_k), TGT, 256, ROW_Q6_K)
+QV_INT_DRIVER(SFX(q4_0), TGT, 32, ROW_Q4_0)
+QV_INT_DRIVER(SFX(q4_1), TGT, 32, ROW_Q4_1)
+QV_INT_DRIVER(SFX(q5_0), TGT, 32, ROW_Q5_0)
+QV_INT_DRIVER(SFX(q5_1), TGT, 32, ROW_Q5_1)
+QV_INT_DRIVER(SFX(q8_0), TGT, 32, ROW_Q8_0)
+QV_INT_DRIVER(SFX(q4_k), TGT, 256, ROW_Q4_K)
+QV_INT_DRIVER(SFX(q5_k), TGT, 256, ROW_Q5_K)
+QV_INT_DRIVER(SFX(q6_k), TGT, 256, ROW_Q6_K)
 
 #undef ROW_Q4_0
 #undef ROW_Q4_1

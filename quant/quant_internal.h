@@ -100,6 +100,63 @@ struct QvKernel {
 // each activation's sums are the same whatever pass it is in).
 #define QV_GMAX 4
 
+// The qv_gemv driver of the GGUF block variants: rows [r0, r0+nr) of the GgqMatrix (blocks of
+// QK), the G prepared activations in groups of up to QV_GMAX through ROW(row, nb, a[], gn,
+// out[]) (one row of nb blocks against gn activation views -> out (gn)), gn a compile-time
+// constant inside ROW so that its accumulators stay in registers; TGT: the variant's target
+// attribute (or nothing).
+#define QV_INT_DRIVER(NAME, TGT, QK, ROW)                                                                    \
+    TGT static void NAME(const QvMatrix *w, int64_t r0, int64_t nr, const uint8_t *qx, size_t act, int G, \
+                         float *y, int64_t ldy, int accumulate) {                                         \
+        const GgqMatrix *m = w->data;                                                                     \
+        const int64_t nb = m->cols / QK;                                                                  \
+        const size_t rb = (size_t)nb * ggq_block_bytes(m->type);                                          \
+        for (int64_t r = r0; r < r0 + nr; r++) {                                                          \
+            const uint8_t *row = (const uint8_t *)m->data + (size_t)r * rb;                               \
+            for (int g0 = 0; g0 < G; g0 += QV_GMAX) {                                                     \
+                const int gn = G - g0 < QV_GMAX ? G - g0 : QV_GMAX;                                       \
+                QvAct a[QV_GMAX];                                                                         \
+                float out[QV_GMAX];                                                                       \
+                for (int g = 0; g < gn; g++) a[g] = qv_act_view(qx + (g0 + g) * act, m->cols, QK);        \
+                switch (gn) {                                                                             \
+                case 1: ROW(row, nb, a, 1, out); break;                                                   \
+                case 2: ROW(row, nb, a, 2, out); break;                                                   \
+                case 3: ROW(row, nb, a, 3, out); break;                                                   \
+                default: ROW(row, nb, a, QV_GMAX, out); break;                                            \
+                }                                                                                         \
+                for (int g = 0; g < gn; g++) qv_store1(y + (g0 + g) * ldy + r, accumulate, out[g]);          \
+            }                                                                                             \
+        }                                                                                                 \
+    }
+
+// y[r] (+)= v: one output of qv_gemv (accumulate: add to what is there).
+static inline void qv_store1(float *y, int accumulate, float v) { *y = accumulate ? *y + v : v; }
+
+// The qv_gemv driver of the fp32 / bf16 variants (BF: 1 for bf16): rows [r0, r0+nr) of W, the
+// G activations in groups of up to QV_GMAX through ROWFN(row, BF, C, x[], gn, out[]) (x (gn,C)
+// fp32, one row of W -> out (gn)); TGT: the variant's target attribute (or nothing).
+#define QV_FP_DRIVER(NAME, TGT, ROWFN, BF)                                                                 \
+    TGT static void NAME(const QvMatrix *w, int64_t r0, int64_t nr, const uint8_t *qx, size_t act, int G,   \
+                         float *y, int64_t ldy, int accumulate) {                                           \
+        const int64_t C = w->cols;                                                                          \
+        for (int64_t r = r0; r < r0 + nr; r++) {                                                            \
+            const void *wr = (const uint8_t *)w->data + (size_t)(r * C) * (BF ? 2 : 4);                     \
+            for (int g0 = 0; g0 < G; g0 += QV_GMAX) {                                                       \
+                const int gn = G - g0 < QV_GMAX ? G - g0 : QV_GMAX;                                         \
+                const float *x[QV_GMAX];                                                                    \
+                float out[QV_GMAX];                                                                         \
+                for (int g = 0; g < gn; g++) x[g] = (const float *)(qx + (g0 + g) * act);                   \
+                switch (gn) {                                                                               \
+                case 1: ROWFN(wr, BF, C, x, 1, out); break;                                                 \
+                case 2: ROWFN(wr, BF, C, x, 2, out); break;                                                 \
+                case 3: ROWFN(wr, BF, C, x, 3, out); break;                                                 \
+                default: ROWFN(wr, BF, C, x, QV_GMAX, out); break;                                          \
+                }                                                                                           \
+                for (int g = 0; g < gn; g++) qv_store1(y + (g0 + g) * ldy + r, accumulate, out[g]);         \
+            }                                                                                               \
+        }                                                                                                   \
+    }
+
 // A prepared activation for the GGUF formats (x of cols values, nb = cols / QK blocks), one
 // byte array: q int8 [nb*QK] (x / d rounded to nearest even, |q| <= 127), then d fp32 [nb]
 // (the block's amax / 127), then s fp32 [nb] (d * Σq: llama.cpp's Q8_1 s; QK 32 only), then

@@ -28,34 +28,8 @@ for spec in "capitals:train.jsonl:1" "languages:train_languages.jsonl:2" "extra:
 done
 cp -r "$T/adapters/capitals" "$T/adapters/third"
 # nine random PEFT adapters r0..r8 (rank 8, every projection, A and B non-zero)
-python3 - "$T/adapters" <<'EOF'
-import json, os, random, struct, sys
-C, L, H, KVH, FF, R = 64, 2, 4, 2, 172, 8
-D = C // H
-shapes = {"q_proj": (H * D, C), "k_proj": (KVH * D, C), "v_proj": (KVH * D, C), "o_proj": (C, H * D),
-          "gate_proj": (FF, C), "up_proj": (FF, C), "down_proj": (C, FF)}
-for a in range(9):
-    rnd = random.Random(100 + a)
-    d = os.path.join(sys.argv[1], "r%d" % a)
-    os.makedirs(d, exist_ok=True)
-    header, blobs, off = {}, [], 0
-    for l in range(L):
-        for t, (o, i) in shapes.items():
-            mod = "base_model.model.model.layers.%d.%s.%s" % (l, "self_attn" if t[0] in "qkvo" else "mlp", t)
-            for name, (rows, cols) in ((mod + ".lora_A.weight", (R, i)), (mod + ".lora_B.weight", (o, R))):
-                raw = struct.pack("<%df" % (rows * cols), *[rnd.gauss(0, 0.1) for _ in range(rows * cols)])
-                header[name] = {"dtype": "F32", "shape": [rows, cols], "data_offsets": [off, off + len(raw)]}
-                blobs.append(raw)
-                off += len(raw)
-    h = json.dumps(header).encode()
-    h += b" " * (-len(h) % 8)
-    with open(os.path.join(d, "adapter_model.safetensors"), "wb") as f:
-        f.write(struct.pack("<Q", len(h)) + h + b"".join(blobs))
-    with open(os.path.join(d, "adapter_config.json"), "w") as f:
-        json.dump({"peft_type": "LORA", "task_type": "CAUSAL_LM", "r": R, "lora_alpha": 16,
-                   "target_modules": list(shapes), "lora_dropout": 0.0, "bias": "none",
-                   "fan_in_fan_out": False, "inference_mode": True}, f)
-EOF
+python3 scripts/random_adapters.py "$T/adapters" --n 9 --prefix r --first 0 --rank 8 --dim 64 --layers 2 --heads 4 \
+  --kv-heads 2 --ffn 172 --std 0.1 --seed 100
 [ -f "$T/adapters/r8/adapter_model.safetensors" ] || { fail serve_setup "writing random adapters failed"; exit 1; }
 
 # wait_port LOG PID: the port a server prints on its "listening" line (empty if it died)
