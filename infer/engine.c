@@ -43,10 +43,11 @@ struct Engine {
                                // matrix's qv_act_bytes apart (as qv_gemv reads them)
     // (max_rows, ·) fp32 rows
     float *x, *h, *out[LT_COUNT], *att, *act;
-    float *lora_h;             // (max_rows, 3, max rank)
+    float *lora_h;             // (max_rows, max rank) the low-rank h of each row
     float *logits;             // (max_rows, V)
     float *scores;             // (threads, ctx) attention scores
-    float *wrow;               // (threads, max(C, F)) slow_gemv's rows
+    float *wrow;               // (threads, wrow_len) slow_gemv's rows
+    size_t wrow_len;           // max(C, F)
     int max_rank, score_len, threads;
     Tape *tape;                // the prefill's forward (recording off)
     const GemmKernel *prefill_gemm;
@@ -137,7 +138,7 @@ Engine *engine_new(const Model *m, int max_rows, Err *e) {
         !(en->act = xmalloc_aligned(R * (size_t)c->hidden_dim * sizeof(float), "engine rows", e)) ||
         !(en->logits = xmalloc_aligned(R * (size_t)c->vocab_size * sizeof(float), "engine logits", e)) ||
         !(en->scores = xmalloc_aligned((size_t)en->threads * en->score_len * sizeof(float), "attention scores", e)) ||
-        !(en->wrow = xmalloc_aligned((size_t)en->threads * (C > (size_t)c->hidden_dim ? C : (size_t)c->hidden_dim) *
+        !(en->wrow = xmalloc_aligned((size_t)en->threads * (en->wrow_len = C > (size_t)c->hidden_dim ? C : (size_t)c->hidden_dim) *
                                          sizeof(float), "engine scratch", e)) ||
         !(en->tape = tape_new(e)))
         goto fail;
@@ -247,16 +248,6 @@ static void lora_row(float *y, const float *x, const Tensor *A, const Tensor *B,
     }
 }
 
-// The products of group g of layer l (NULL proj: the lm_head) for n rows, inside the
-// team: activations prepared (one per row and matrix), then every matrix's rows in chunks
-// of about QV_CHUNK_BYTES split statically between the threads (one barrier for the group).
-typedef struct {
-    const Proj *p;
-    float *y;
-    int64_t ldy;
-    void *qx;
-    size_t stride;             // qv_act_bytes of p
-} GroupMat;
 
 // The fallback of a matrix no qv variant takes: rows [r0, r0+nr) of W, one at a time in fp32
 // (wrow: cols floats), against n fp32 activations x (n, cols) -> y[g*ldy + r].
@@ -269,20 +260,31 @@ static void slow_gemv(const Proj *p, int64_t r0, int64_t nr, const float *x, int
     }
 }
 
-// wrow: this thread's (max cols) scratch for slow_gemv.
-static void run_group(const GroupMat *gm, int nm, int n, const float *in, int64_t ld_in, float *wrow) {
-#pragma omp for schedule(static)
-    for (int i = 0; i < nm * n; i++) {
-        const GroupMat *g = &gm[i / n];
-        int row = i % n;
-        char *qx = (char *)g->qx + (size_t)row * g->stride;
-        if (g->p->k) qv_prepare(g->p->k, &g->p->w, in + (int64_t)row * ld_in, qx);
-        else memcpy(qx, in + (int64_t)row * ld_in, g->stride);
+// Row `row`'s input in (cols) prepared for p's products -> qx[row] (consecutive, p's
+// act_bytes apart: as qv_gemv reads them).
+static void prepare_row(const Proj *p, void *qx, int row, const float *in) {
+    char *q = (char *)qx + (size_t)row * p->act_bytes;
+    if (p->k) qv_prepare(p->k, &p->w, in, q);
+    else memcpy(q, in, p->act_bytes);
+}
+
+// Row `row`'s input to group g of layer l, prepared for each of its matrices.
+static void prepare_group_row(Engine *en, int l, int g, int row, const float *in) {
+    for (int j = 0; j < GROUP_COUNT[g]; j++) {
+        int t = GROUP_FIRST[g] + j;
+        prepare_row(&en->proj[l * LT_COUNT + t], en->qx[t], row, in);
     }
-    // chunks: rows per chunk from the bytes per row
-    int64_t chunk_rows[8] = {0}, chunks[8] = {0}, total = 0;
+}
+
+// The products of nm matrices (ps[j] -> ys[j], row stride ldys[j]) for n prepared rows, inside
+// the team: every matrix's rows in chunks of about QV_CHUNK_BYTES split statically between the
+// threads (one barrier for them all). qxs[j]: the prepared rows of matrix j.
+static void gemv_mats(Engine *en, const Proj *const *ps, void *const *qxs, float *const *ys, const int64_t *ldys,
+                      int nm, int n) {
+    float *wrow = en->wrow + (size_t)omp_get_thread_num() * en->wrow_len;
+    int64_t chunk_rows[3] = {0}, chunks[3] = {0}, total = 0;
     for (int j = 0; j < nm; j++) {
-        const QvMatrix *w = &gm[j].p->w;
+        const QvMatrix *w = &ps[j]->w;
         size_t row_bytes = w->fmt == QV_F32 ? (size_t)w->cols * 4
                          : w->fmt == QV_BF16 ? (size_t)w->cols * 2
                          : w->fmt == QV_NF4 ? (size_t)w->cols / 2
@@ -299,58 +301,49 @@ static void run_group(const GroupMat *gm, int nm, int n, const float *in, int64_
         int j = 0;
         int64_t c = ci;
         while (c >= chunks[j]) c -= chunks[j++];
-        const GroupMat *g = &gm[j];
-        int64_t r0 = c * chunk_rows[j], nr = g->p->w.rows - r0 < chunk_rows[j] ? g->p->w.rows - r0 : chunk_rows[j];
-        if (g->p->k) qv_gemv(g->p->k, &g->p->w, r0, nr, g->qx, n, g->y, g->ldy, 0);
-        else slow_gemv(g->p, r0, nr, g->qx, n, g->y, g->ldy, wrow);
+        const Proj *p = ps[j];
+        int64_t r0 = c * chunk_rows[j], nr = p->w.rows - r0 < chunk_rows[j] ? p->w.rows - r0 : chunk_rows[j];
+        if (p->k) qv_gemv(p->k, &p->w, r0, nr, qxs[j], n, ys[j], ldys[j], 0);
+        else slow_gemv(p, r0, nr, qxs[j], n, ys[j], ldys[j], wrow);
     }
 }
 
-// LoRA terms and biases of group g of layer l for n rows (inside the team).
-static void group_extras(Engine *en, int l, int g, int n, const float *in, int64_t ld_in,
-                         const LoraAdapter *const *lora) {
+// The frozen products of group g of layer l for n prepared rows -> out[t] (inside the team).
+static void gemv_group(Engine *en, int l, int g, int n) {
+    const Proj *ps[3];
+    void *qxs[3];
+    float *ys[3];
+    int64_t ldys[3];
+    for (int j = 0; j < GROUP_COUNT[g]; j++) {
+        int t = GROUP_FIRST[g] + j;
+        ps[j] = &en->proj[l * LT_COUNT + t];
+        qxs[j] = en->qx[t];
+        ys[j] = en->out[t];
+        ldys[j] = en->m->layers[l].w[t].rows;
+    }
+    gemv_mats(en, ps, qxs, ys, ldys, GROUP_COUNT[g], n);
+}
+
+// Row `row` of group g of layer l: its adapter's low-rank terms (a may be NULL) and the biases,
+// added to out[t] (in: the group's input row).
+static void group_extras_row(Engine *en, int l, int g, int row, const float *in, const LoraAdapter *a) {
     const Model *m = en->m;
-    const int first = GROUP_FIRST[g], cnt = GROUP_COUNT[g];
-#pragma omp for schedule(static)
-    for (int i = 0; i < cnt * n; i++) {
-        int t = first + i / n, row = i % n;
+    for (int j = 0; j < GROUP_COUNT[g]; j++) {
+        int t = GROUP_FIRST[g] + j;
         const Weight *w = &m->layers[l].w[t];
         float *y = en->out[t] + (int64_t)row * w->rows;
-        const LoraAdapter *a = lora ? lora[row] : NULL;
         const Tensor *A = a ? a->A[l * LT_COUNT + t] : NULL;
-        if (A) lora_row(y, in + (int64_t)row * ld_in, A, a->B[l * LT_COUNT + t], a->scale,
-                        en->lora_h + (int64_t)row * en->max_rank * cnt + (i / n) * en->max_rank);
+        if (A) lora_row(y, in, A, a->B[l * LT_COUNT + t], a->scale, en->lora_h + (int64_t)row * en->max_rank);
         const Tensor *bias = m->layers[l].bias[t];
         if (bias)
             for (int64_t o = 0; o < w->rows; o++) y[o] += bias->data[o];
     }
 }
 
-static void layer_group(Engine *en, int l, int g, int n, const float *in, int64_t ld_in,
-                        const LoraAdapter *const *lora) {
-    GroupMat gm[3];
-    for (int j = 0; j < GROUP_COUNT[g]; j++) {
-        int t = GROUP_FIRST[g] + j;
-        const Proj *p = &en->proj[l * LT_COUNT + t];
-        gm[j] = (GroupMat){p, en->out[t], en->m->layers[l].w[t].rows, en->qx[t], p->act_bytes};
-    }
-    run_group(gm, GROUP_COUNT[g], n, in, ld_in,
-              en->wrow + (size_t)omp_get_thread_num() * (en->m->cfg.dim > en->m->cfg.hidden_dim ? en->m->cfg.dim : en->m->cfg.hidden_dim));
-    group_extras(en, l, g, n, in, ld_in, lora);
-}
-
-// x (n,C) += out[t] (n,C), then h (n,C) = rmsnorm(x) · w: a block's residual and the next
-// norm, per row (inside the team).
-static void residual_norm(Engine *en, LoraTarget t, const Tensor *w, int n) {
-    const ModelConfig *c = &en->m->cfg;
-    const int C = c->dim;
-#pragma omp for schedule(static)
-    for (int i = 0; i < n; i++) {
-        float *xi = en->x + (size_t)i * C;
-        const float *o = en->out[t] + (size_t)i * C;
-        for (int j = 0; j < C; j++) xi[j] += o[j];
-        rmsnorm_row(en->h + (size_t)i * C, xi, w->data, C, c->norm_eps);
-    }
+// x (C) += o (C), then h (C) = rmsnorm(x) · w: a block's residual and the next norm.
+static void residual_norm_row(float *x, const float *o, float *h, const float *w, int C, float eps) {
+    for (int j = 0; j < C; j++) x[j] += o[j];
+    rmsnorm_row(h, x, w, C, eps);
 }
 
 // gate, up (F) -> act (F)      act = act_fn(gate) · up  (silu, or tanh-gelu for GeGLU)
@@ -379,7 +372,7 @@ int engine_decode(Engine *en, const LoraAdapter *const *lora, KVCache *const *kv
     for (int i = 0; lora && i < n; i++)
         if (lora[i] && lora[i]->rank > rank) rank = lora[i]->rank;
     if (rank > en->max_rank) {
-        float *p = xmalloc_aligned((size_t)en->max_rows * 3 * rank * sizeof(float), "LoRA scratch", e);
+        float *p = xmalloc_aligned((size_t)en->max_rows * rank * sizeof(float), "LoRA scratch", e);
         if (!p) return -1;
         free(en->lora_h);
         en->lora_h = p;
@@ -395,15 +388,22 @@ int engine_decode(Engine *en, const LoraAdapter *const *lora, KVCache *const *kv
 #pragma omp parallel num_threads(en->threads)
     {
         float *scores = en->scores + (size_t)omp_get_thread_num() * en->score_len;
+        const int gelu = c->act == ACT_GELU_TANH;
+        // Per layer: each group's products (one barrier), then one per-row phase that adds the
+        // rows' adapters and biases, does the element-wise work and prepares the next group's
+        // input; attention between. Ten barriers a layer.
 #pragma omp for schedule(static)
-        for (int i = 0; i < n; i++)
+        for (int i = 0; i < n; i++) {
             rmsnorm_row(en->h + (size_t)i * C, en->x + (size_t)i * C, m->layers[0].attn_norm->data, C, c->norm_eps);
+            prepare_group_row(en, 0, G_QKV, i, en->h + (size_t)i * C);
+        }
         for (int l = 0; l < L; l++) {
             const Layer *Ly = &m->layers[l];
-            layer_group(en, l, G_QKV, n, en->h, C, lora);
-            // rotate q and k at each row's position; append k, v to the row's cache
+            gemv_group(en, l, G_QKV, n);
+            // each row: its LoRA, rotate q and k at its position, append k, v to its cache
 #pragma omp for schedule(static)
             for (int i = 0; i < n; i++) {
+                group_extras_row(en, l, G_QKV, i, en->h + (size_t)i * C, lora ? lora[i] : NULL);
                 float *q = en->out[LT_Q] + (size_t)i * HD, *k = en->out[LT_K] + (size_t)i * KD;
                 int pos = kv[i]->len;
                 rope_row(q, H, D, pos, m->inv_freq);
@@ -420,19 +420,41 @@ int engine_decode(Engine *en, const LoraAdapter *const *lora, KVCache *const *kv
                 attend_head(en->att + (size_t)i * HD + (size_t)h * D, en->out[LT_Q] + (size_t)i * HD + (size_t)h * D,
                             kv[i]->k + base, kv[i]->v + base, lo, Tk, KD, D, scores);
             }
-            layer_group(en, l, G_O, n, en->att, HD, lora);
-            residual_norm(en, LT_O, Ly->ffn_norm, n);
-            layer_group(en, l, G_GU, n, en->h, C, lora);
 #pragma omp for schedule(static)
-            for (int i = 0; i < n; i++)
+            for (int i = 0; i < n; i++) prepare_group_row(en, l, G_O, i, en->att + (size_t)i * HD);
+            gemv_group(en, l, G_O, n);
+#pragma omp for schedule(static)
+            for (int i = 0; i < n; i++) {
+                group_extras_row(en, l, G_O, i, en->att + (size_t)i * HD, lora ? lora[i] : NULL);
+                residual_norm_row(en->x + (size_t)i * C, en->out[LT_O] + (size_t)i * C, en->h + (size_t)i * C,
+                                  Ly->ffn_norm->data, C, c->norm_eps);
+                prepare_group_row(en, l, G_GU, i, en->h + (size_t)i * C);
+            }
+            gemv_group(en, l, G_GU, n);
+#pragma omp for schedule(static)
+            for (int i = 0; i < n; i++) {
+                group_extras_row(en, l, G_GU, i, en->h + (size_t)i * C, lora ? lora[i] : NULL);
                 glu_row(en->act + (size_t)i * F, en->out[LT_GATE] + (size_t)i * F, en->out[LT_UP] + (size_t)i * F, F,
-                        c->act == ACT_GELU_TANH);
-            layer_group(en, l, G_DOWN, n, en->act, F, lora);
-            // the next block's input norm, or the final one
-            residual_norm(en, LT_DOWN, l + 1 < L ? m->layers[l + 1].attn_norm : m->final_norm, n);
+                        gelu);
+                prepare_group_row(en, l, G_DOWN, i, en->act + (size_t)i * F);
+            }
+            gemv_group(en, l, G_DOWN, n);
+            // the residual, then the next block's input norm (or the final one) and its input
+#pragma omp for schedule(static)
+            for (int i = 0; i < n; i++) {
+                group_extras_row(en, l, G_DOWN, i, en->act + (size_t)i * F, lora ? lora[i] : NULL);
+                float *hi = en->h + (size_t)i * C;
+                residual_norm_row(en->x + (size_t)i * C, en->out[LT_DOWN] + (size_t)i * C, hi,
+                                  l + 1 < L ? m->layers[l + 1].attn_norm->data : m->final_norm->data, C, c->norm_eps);
+                if (l + 1 < L) prepare_group_row(en, l + 1, G_QKV, i, hi);
+                else prepare_row(&en->head, en->qx[LT_COUNT], i, hi);
+            }
         }
-        GroupMat gm = {&en->head, en->logits, V, en->qx[LT_COUNT], en->head.act_bytes};
-        run_group(&gm, 1, n, en->h, C, en->wrow + (size_t)omp_get_thread_num() * (C > F ? C : F));
+        const Proj *hp = &en->head;
+        void *hq = en->qx[LT_COUNT];
+        float *hy = en->logits;
+        int64_t ldv = V;
+        gemv_mats(en, &hp, &hq, &hy, &ldv, 1, n);
     }
     for (int i = 0; i < n; i++) memcpy(logits[i], en->logits + (size_t)i * V, (size_t)V * sizeof(float));
     for (int i = 0; i < n; i++) kv[i]->len++;
