@@ -88,24 +88,6 @@ void qv_prepare(const QvKernel *k, const QvMatrix *w, const float *x, void *qx) 
 
 static inline void store(float *y, int accumulate, float v) { *y = accumulate ? *y + v : v; }
 
-// x (C), W (OC,C) fp32 -> y (OC): 8 partial sums per row (lane j takes k ≡ j mod 8), added in
-// a fixed tree at the end
-static void c_f32(const QvMatrix *w, int64_t r0, int64_t nr, const uint8_t *qx, size_t act, int G, float *y,
-                  int64_t ldy, int accumulate) {
-    const int64_t C = w->cols, C8 = C / 8 * 8;
-    for (int64_t r = r0; r < r0 + nr; r++) {
-        const float *wr = (const float *)w->data + r * C;
-        for (int g = 0; g < G; g++) {
-            const float *x = (const float *)(qx + g * act);
-            float s[8] = {0};
-            for (int64_t k = 0; k < C8; k += 8)
-                for (int j = 0; j < 8; j++) s[j] += wr[k + j] * x[k + j];
-            for (int64_t k = C8; k < C; k++) s[k - C8] += wr[k] * x[k];
-            store(y + g * ldy + r, accumulate, ((s[0] + s[4]) + (s[2] + s[6])) + ((s[1] + s[5]) + (s[3] + s[7])));
-        }
-    }
-}
-
 static inline float bf16f(uint16_t h) {
     uint32_t b = (uint32_t)h << 16;
     float f;
@@ -113,21 +95,35 @@ static inline float bf16f(uint16_t h) {
     return f;
 }
 
-// x (C), W (OC,C) bf16 -> y (OC): as c_f32 with each weight widened exactly
-static void c_bf16(const QvMatrix *w, int64_t r0, int64_t nr, const uint8_t *qx, size_t act, int G, float *y,
-                   int64_t ldy, int accumulate) {
+// Weight k of row wr: fp32, or bf16 widened exactly.
+static inline float wval(const void *wr, int bf, int64_t k) {
+    return bf ? bf16f(((const uint16_t *)wr)[k]) : ((const float *)wr)[k];
+}
+
+// x (C), W (OC,C) fp32 (bf 0) or bf16 (bf 1) -> y (OC): 8 partial sums per row (lane j takes
+// k ≡ j mod 8), added in a fixed tree at the end
+static void c_fp(const QvMatrix *w, int64_t r0, int64_t nr, const uint8_t *qx, size_t act, int G, float *y,
+                 int64_t ldy, int accumulate, int bf) {
     const int64_t C = w->cols, C8 = C / 8 * 8;
     for (int64_t r = r0; r < r0 + nr; r++) {
-        const uint16_t *wr = (const uint16_t *)w->data + r * C;
+        const void *wr = (const uint8_t *)w->data + (size_t)(r * C) * (bf ? 2 : 4);
         for (int g = 0; g < G; g++) {
             const float *x = (const float *)(qx + g * act);
             float s[8] = {0};
             for (int64_t k = 0; k < C8; k += 8)
-                for (int j = 0; j < 8; j++) s[j] += bf16f(wr[k + j]) * x[k + j];
-            for (int64_t k = C8; k < C; k++) s[k - C8] += bf16f(wr[k]) * x[k];
+                for (int j = 0; j < 8; j++) s[j] += wval(wr, bf, k + j) * x[k + j];
+            for (int64_t k = C8; k < C; k++) s[k - C8] += wval(wr, bf, k) * x[k];
             store(y + g * ldy + r, accumulate, ((s[0] + s[4]) + (s[2] + s[6])) + ((s[1] + s[5]) + (s[3] + s[7])));
         }
     }
+}
+static void c_f32(const QvMatrix *w, int64_t r0, int64_t nr, const uint8_t *qx, size_t act, int G, float *y,
+                  int64_t ldy, int accumulate) {
+    c_fp(w, r0, nr, qx, act, G, y, ldy, accumulate, 0);
+}
+static void c_bf16(const QvMatrix *w, int64_t r0, int64_t nr, const uint8_t *qx, size_t act, int G, float *y,
+                   int64_t ldy, int accumulate) {
+    c_fp(w, r0, nr, qx, act, G, y, ldy, accumulate, 1);
 }
 
 // x (C) reordered, W (OC,C) NF4 -> y (OC): nf4_gemv's own row kernels
