@@ -50,7 +50,6 @@ struct Engine {
     size_t wrow_len;           // max(C, F)
     int max_rank, score_len, threads;
     Tape *tape;                // the prefill's forward (recording off)
-    const GemmKernel *prefill_gemm;
     const volatile int *cancel;
 };
 
@@ -73,14 +72,7 @@ size_t engine_kv_bytes_per_pos(const ModelConfig *c) {
     return (size_t)2 * c->n_layers * c->n_kv_heads * c->head_dim * sizeof(float);
 }
 
-const Model *engine_model(const Engine *en) { return en->m; }
 
-void engine_set_prefill_gemm(Engine *en, const GemmKernel *g) {
-    en->prefill_gemm = g;
-    tape_set_gemm(en->tape, g);
-}
-
-const GemmKernel *engine_prefill_gemm(const Engine *en) { return en->prefill_gemm; }
 
 void engine_set_cancel(Engine *en, const volatile int *flag) { en->cancel = flag; }
 
@@ -148,7 +140,7 @@ Engine *engine_new(const Model *m, int max_rows, Err *e) {
     // dequantized weights to 8 bits of mantissa (a Q4_0 weight d·q needs up to 15), and that
     // was visible: stories260K in Q4_0 greedy-decoded as llama.cpp does for 24 tokens with an
     // fp32 prefill, for 11 with a bf16 one
-    engine_set_prefill_gemm(en, kernel_choice()->fp32);
+    tape_set_gemm(en->tape, kernel_choice()->fp32);
     return en;
 fail:
     engine_free(en);

@@ -152,7 +152,6 @@ Generator *gen_new(const Model *m, const LoraAdapter *lora, const Tokenizer *tok
 KVCache *gen_kv(Generator *g) { return g->kv; }
 const LoraAdapter *gen_lora(const Generator *g) { return g->lora; }
 float *gen_logits(Generator *g) { return g->logits; }
-int gen_n_prompt(const Generator *g) { return g->n_prompt; }
 void gen_timing(const Generator *g, GenTiming *t) { *t = g->timing; }
 
 // Bytes at the end of text[0..len) to hold back: a proper prefix of a stop string (the

@@ -13,7 +13,6 @@
 #include "util/util.h"
 #include "model/model.h"
 #include "data/data.h"
-#include "quant/quant.h"
 
 // ---- sampling -----------------------------------------------------------------------------
 // Logit processing in the order of HF transformers' generate(): repetition penalty, then
@@ -68,7 +67,6 @@ typedef struct Engine Engine;
 // max_rows: the most sequences one engine_decode call takes (the server's --max-batch).
 Engine *engine_new(const Model *m, int max_rows, Err *e);
 void engine_free(Engine *en);
-const Model *engine_model(const Engine *en);
 // flag (or NULL): when *flag becomes non-zero, engine_prefill stops at its next chunk and
 // fails with "cancelled".
 void engine_set_cancel(Engine *en, const volatile int *flag);
@@ -82,10 +80,6 @@ int engine_prefill(Engine *en, const LoraAdapter *lora, KVCache *kv, const int *
 // buffer). kv[i]->len grows by 1.
 int engine_decode(Engine *en, const LoraAdapter *const *lora, KVCache *const *kv, const int *tokens, int n,
                   float *const *logits, Err *e);
-// The GEMM variant of the prefill (quant.h; NULL = OpenBLAS). Default: the fastest fp32 one
-// (kernel_choice()->fp32).
-void engine_set_prefill_gemm(Engine *en, const GemmKernel *g);
-const GemmKernel *engine_prefill_gemm(const Engine *en);
 // Bytes of one sequence's KV cache per position (2 · n_layers · kv_dim · 4).
 size_t engine_kv_bytes_per_pos(const ModelConfig *cfg);
 
@@ -140,7 +134,6 @@ int gen_advance(Generator *g, const char **text, size_t *len, int *token, Err *e
 KVCache *gen_kv(Generator *g);
 const LoraAdapter *gen_lora(const Generator *g);
 float *gen_logits(Generator *g);       // (V): where the next forward writes its logits
-int gen_n_prompt(const Generator *g);
 // Timing of a generation (gen_new/gen_next, generate): prefill and decode seconds and tokens.
 typedef struct {
     int prompt_tokens, decode_tokens;

@@ -88,18 +88,6 @@ void qv_prepare(const QvKernel *k, const QvMatrix *w, const float *x, void *qx) 
 
 static inline void store(float *y, int accumulate, float v) { *y = accumulate ? *y + v : v; }
 
-static inline float bf16f(uint16_t h) {
-    uint32_t b = (uint32_t)h << 16;
-    float f;
-    memcpy(&f, &b, 4);
-    return f;
-}
-
-// Weight k of row wr: fp32, or bf16 widened exactly.
-static inline float wval(const void *wr, int bf, int64_t k) {
-    return bf ? bf16f(((const uint16_t *)wr)[k]) : ((const float *)wr)[k];
-}
-
 // x (C), W (OC,C) fp32 (bf 0) or bf16 (bf 1) -> y (OC): 8 partial sums per row (lane j takes
 // k ≡ j mod 8), added in a fixed tree at the end
 static void c_fp(const QvMatrix *w, int64_t r0, int64_t nr, const uint8_t *qx, size_t act, int G, float *y,
@@ -111,8 +99,8 @@ static void c_fp(const QvMatrix *w, int64_t r0, int64_t nr, const uint8_t *qx, s
             const float *x = (const float *)(qx + g * act);
             float s[8] = {0};
             for (int64_t k = 0; k < C8; k += 8)
-                for (int j = 0; j < 8; j++) s[j] += wval(wr, bf, k + j) * x[k + j];
-            for (int64_t k = C8; k < C; k++) s[k - C8] += wval(wr, bf, k) * x[k];
+                for (int j = 0; j < 8; j++) s[j] += qv_weight_f32(wr, bf, k + j) * x[k + j];
+            for (int64_t k = C8; k < C; k++) s[k - C8] += qv_weight_f32(wr, bf, k) * x[k];
             store(y + g * ldy + r, accumulate, ((s[0] + s[4]) + (s[2] + s[6])) + ((s[1] + s[5]) + (s[3] + s[7])));
         }
     }

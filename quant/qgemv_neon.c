@@ -205,13 +205,7 @@ INL void fp_row(const void *wr, int bf, int64_t C, const float *const *x, const 
     }
     if (k < C) {
         float wt[4] = {0}, xt[4] = {0};
-        for (int64_t j = k; j < C; j++) {
-            if (bf) {
-                uint32_t b = (uint32_t)((const uint16_t *)wr)[j] << 16;
-                memcpy(&wt[j - k], &b, 4);
-            } else
-                wt[j - k] = ((const float *)wr)[j];
-        }
+        for (int64_t j = k; j < C; j++) wt[j - k] = qv_weight_f32(wr, bf, j);
         for (int g = 0; g < gn; g++) {
             for (int64_t j = k; j < C; j++) xt[j - k] = x[g][j];
             acc[g][1] = vfmaq_f32(acc[g][1], vld1q_f32(wt), vld1q_f32(xt));

@@ -78,13 +78,7 @@ T256F INLF void fp_row256(const void *wr, int bf, int64_t C, const float *const 
     }
     if (k < C) {
         float wt[8] = {0}, xt[8] = {0};
-        for (int64_t j = k; j < C; j++) {
-            if (bf) {
-                uint32_t b = (uint32_t)((const uint16_t *)wr)[j] << 16;
-                memcpy(&wt[j - k], &b, 4);
-            } else
-                wt[j - k] = ((const float *)wr)[j];
-        }
+        for (int64_t j = k; j < C; j++) wt[j - k] = qv_weight_f32(wr, bf, j);
         const __m256 a = _mm256_loadu_ps(wt);
         for (int g = 0; g < gn; g++) {
             for (int64_t j = k; j < C; j++) xt[j - k] = x[g][j];

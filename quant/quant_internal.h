@@ -129,6 +129,15 @@ struct QvKernel {
         }                                                                                                 \
     }
 
+// Weight k of a row wr of an fp32 (bf 0) or bf16 (bf 1) matrix, as fp32 (bf16 widened exactly).
+static inline float qv_weight_f32(const void *wr, int bf, int64_t k) {
+    if (!bf) return ((const float *)wr)[k];
+    uint32_t b = (uint32_t)((const uint16_t *)wr)[k] << 16;
+    float f;
+    memcpy(&f, &b, sizeof f);
+    return f;
+}
+
 // y[r] (+)= v: one output of qv_gemv (accumulate: add to what is there).
 static inline void qv_store1(float *y, int accumulate, float v) { *y = accumulate ? *y + v : v; }
 
