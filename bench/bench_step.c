@@ -4,6 +4,9 @@
 //
 //   bench_step train MODEL_DIR QUANT B T STEPS [CKPT]   QUANT nf4|none, CKPT 1 (default) | 0
 //   bench_step decode MODEL_DIR QUANT PROMPT NEW
+//   bench_step engine MODEL QUANT ROWS [RANK STEPS]   the decode engine's step time with 1, 2, 4
+//                                .. ROWS sequences, each on its own random rank-RANK adapter
+//                                (all seven targets; RANK 0: the base), after a 32-token prompt
 //   bench_step init OUT_DIR DIM LAYERS HEADS KV_HEADS FFN VOCAB TIED
 //   bench_step qgemv [ROWS COLS [FORMATS]]   decode GEMV GB/s per format and variant, 1 and 2
 //                                threads (FORMATS: a comma list such as q4_0,q4_k; default all)
@@ -29,6 +32,7 @@
 #include "optim/optim.h"
 #include "quant/quant.h"
 #include "train/train.h"
+#include "infer/infer.h"
 
 static double now_s(void) {
     struct timespec ts;
@@ -189,6 +193,57 @@ static int bench_decode(const char *dir, const char *quant, int prompt, int nnew
     return 0;
 }
 
+// engine_decode's step time with n = 1, 2, 4 .. rows sequences, each with its own adapter
+// (rank > 0: random A and B on all seven targets) and its own KV cache after a 32-token
+// prefill: the fastest of `steps` steps per n, and its ratio to n = 1 (the cost of batching).
+static int bench_engine(const char *path, const char *quant, int rows, int rank, int steps) {
+    Err e = {{0}};
+    Model *m = model_load_quant(path, quant, &e);
+    if (!m) return fail(&e);
+    const int P = 32, V = m->cfg.vocab_size;
+    Engine *en = engine_new(m, rows, &e);
+    if (!en) return fail(&e);
+    LoraAdapter **ad = calloc((size_t)rows, sizeof *ad);
+    KVCache **kv = calloc((size_t)rows, sizeof *kv);
+    float **lg = calloc((size_t)rows, sizeof *lg);
+    int *tok = calloc((size_t)rows, sizeof *tok), ids[32];
+    Rng rng;
+    rng_seed(&rng, 5);
+    for (int i = 0; i < rows; i++) {
+        if (rank > 0) {
+            if (!(ad[i] = lora_new(m, rank, 2.0f * rank, (1u << LT_COUNT) - 1, 0.0f, 0, 11 + i, &e))) return fail(&e);
+            for (int t = 0; t < m->cfg.n_layers * LT_COUNT; t++)
+                if (ad[i]->B[t])
+                    for (int64_t k = 0; k < ad[i]->B[t]->n; k++) ad[i]->B[t]->data[k] = 0.01f * rng_normal(&rng);
+        }
+        if (!(kv[i] = kv_new(&m->cfg, P + steps * 8 + 8, &e))) return fail(&e);
+        lg[i] = malloc(sizeof(float) * V);
+        for (int j = 0; j < P; j++) ids[j] = (j * 7919 + 13 * i + 1) % V;
+        if (engine_prefill(en, ad[i], kv[i], ids, P, lg[i], &e)) return fail(&e);
+        tok[i] = (i * 31 + 7) % V;
+    }
+    printf("mode=engine quant=%s rank=%d threads=%d", quant, rank, omp_get_max_threads());
+    double t1 = 0;
+    for (int n = getenv("BENCH_ENGINE_ROWS_ONLY") ? rows : 1; n <= rows; n *= 2) {
+        double best = 1e30;
+        for (int s = 0; s < steps; s++) {
+            double a = now_s();
+            if (engine_decode(en, (const LoraAdapter *const *)ad, kv, tok, n, lg, &e)) return fail(&e);
+            double dt = now_s() - a;
+            if (dt < best) best = dt;
+        }
+        if (n == 1) t1 = best;
+        printf(" n%d_ms=%.3f n%d_ratio=%.2f", n, best * 1e3, n, best / t1);
+        if (n < rows && 2 * n > rows) n = rows / 2;  // rows itself last
+    }
+    printf(" peak_rss_mb=%.1f\n", peak_rss_mb());
+    for (int i = 0; i < rows; i++) lora_free(ad[i]), kv_free(kv[i]), free(lg[i]);
+    free(ad), free(kv), free(lg), free(tok);
+    engine_free(en);
+    model_free(m);
+    return 0;
+}
+
 // One frozen NF4 matmul pair (y = x Wᵀ and dx = dy W) of shape M x (OC,C), timed for OpenBLAS
 // (dequantized tiles + cblas_sgemm) and every tiled GEMM variant this CPU runs; GFLOP/s.
 static int bench_gemm(int64_t M, int64_t OC, int64_t C, int reps) {
@@ -237,7 +292,8 @@ static int bench_gemm(int64_t M, int64_t OC, int64_t C, int reps) {
 // threads (rows split evenly, in chunks of 16, across an OpenMP team here: the kernels have no
 // threading of their own). Prints GB/s of weight bytes streamed per variant (best of the runs
 // within ~0.15 s; preparing the activation is not timed). TinyLlama's FFN shapes by default.
-static double qgemv_time(const QvKernel *k, const QvMatrix *w, const void *qx, float *y, int nt) {
+// G activations (qx: G prepared copies, act bytes apart; y (G, rows))
+static double qgemv_time(const QvKernel *k, const QvMatrix *w, const void *qx, size_t act, int G, float *y, int nt) {
     double best = 1e30, spent = 0;
     for (int rep = 0; rep < 200 && (rep < 3 || spent < 0.15); rep++) {
         double t0 = now_s();
@@ -246,7 +302,7 @@ static double qgemv_time(const QvKernel *k, const QvMatrix *w, const void *qx, f
             const int t = omp_get_thread_num(), n = omp_get_num_threads();
             const int64_t per = (w->rows + n - 1) / n, chunk = (per + 15) / 16 * 16;
             const int64_t r0 = t * chunk, r1 = r0 + chunk < w->rows ? r0 + chunk : w->rows;
-            if (r1 > r0) qv_gemv(k, w, r0, r1 - r0, qx, 1, y, w->rows, 0);
+            if (r1 > r0) qv_gemv(k, w, r0, r1 - r0, (const uint8_t *)qx + 0 * act, G, y, w->rows, 0);
         }
         double dt = now_s() - t0;
         spent += dt;
@@ -262,7 +318,7 @@ static int bench_qgemv(int64_t rows, int64_t cols, const char *only) {
         {QV_GGQ, GGQ_Q5_K, "q5_k"}, {QV_GGQ, GGQ_Q4_1, "q4_1"}, {QV_GGQ, GGQ_Q5_0, "q5_0"},
         {QV_GGQ, GGQ_Q5_1, "q5_1"}};
     uint64_t s = 11;
-    float *x = malloc(sizeof(float) * cols), *y = malloc(sizeof(float) * rows);
+    float *x = malloc(sizeof(float) * cols), *y = malloc(sizeof(float) * rows * 8);
     for (int64_t i = 0; i < cols; i++) {
         s = s * 6364136223846793005ULL + 1442695040888963407ULL;
         x[i] = (float)((s >> 40) & 0xFFFF) / 32768.0f - 1.0f;
@@ -322,12 +378,15 @@ static int bench_qgemv(int64_t rows, int64_t cols, const char *only) {
         for (int i = 0; i < qv_kernel_count(); i++) {
             const QvKernel *k = qv_kernel_at(i);
             if (!qv_kernel_usable(k) || !qv_kernel_fits(k, &w)) continue;
-            void *qx = malloc(qv_act_bytes(k, &w));
-            qv_prepare(k, &w, x, qx);
-            double t1 = qgemv_time(k, &w, qx, y, 1), t2 = qgemv_time(k, &w, qx, y, 2);
-            printf("mode=qgemv rows=%lld cols=%lld format=%s kernel=%s chosen=%d weight_mb=%.1f gbs_1t=%.1f gbs_2t=%.1f\n",
+            const size_t ab = qv_act_bytes(k, &w);
+            uint8_t *qx = malloc(ab * 8);
+            for (int g = 0; g < 8; g++) qv_prepare(k, &w, x, qx + g * ab);
+            double t1 = qgemv_time(k, &w, qx, ab, 1, y, 1), t2 = qgemv_time(k, &w, qx, ab, 1, y, 2);
+            double t8 = qgemv_time(k, &w, qx, ab, 8, y, 2);
+            printf("mode=qgemv rows=%lld cols=%lld format=%s kernel=%s chosen=%d weight_mb=%.1f gbs_1t=%.1f gbs_2t=%.1f "
+                   "g8_2t_ratio=%.2f\n",
                    (long long)rows, (long long)cols, F[f].name, qv_kernel_name(k), k == chosen, bytes / 1e6,
-                   bytes / t1 / 1e9, bytes / t2 / 1e9);
+                   bytes / t1 / 1e9, bytes / t2 / 1e9, t8 / t2);
             fflush(stdout);
             free(qx);
         }
@@ -405,8 +464,12 @@ int main(int argc, char **argv) {
     }
     if (argc >= 6 && !strcmp(argv[1], "decode"))
         return bench_decode(argv[2], argv[3], atoi(argv[4]), atoi(argv[5]));
+    if (argc >= 5 && !strcmp(argv[1], "engine"))
+        return bench_engine(argv[2], argv[3], atoi(argv[4]), argc > 5 ? atoi(argv[5]) : 8,
+                            argc > 6 ? atoi(argv[6]) : 5);
     fprintf(stderr, "usage: bench_step train MODEL_DIR nf4|none B T STEPS [CKPT 1|0]\n"
                     "       bench_step decode MODEL_DIR nf4|none PROMPT NEW\n"
+                    "       bench_step engine MODEL nf4|none ROWS [RANK STEPS]\n"
                     "       bench_step gemm M OC C [REPS]\n"
                     "       bench_step qgemv [ROWS COLS [FORMATS]]   (default: 5632 2048, then 2048 5632, all formats)\n"
                     "       bench_step peak\n"

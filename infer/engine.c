@@ -16,6 +16,7 @@
 #include "quant/quant.h"
 
 #define PREFILL_CHUNK 512   // prompt tokens per model_forward (the cancel flag is read between)
+#define PREFILL_ROWS 32     // prompt tokens per step when a prompt runs as decode rows
 #define QV_CHUNK_BYTES 16384  // weight bytes per unit of work split between the threads
 
 // The three product groups of a layer that share an input, plus the two that read the
@@ -34,18 +35,23 @@ typedef struct {
 
 struct Engine {
     const Model *m;
-    int max_rows;
+    int max_rows;              // engine_decode's most rows
+    int rows;                  // the scratch's rows: max(max_rows, PREFILL_ROWS when row_prefill)
+    int row_prefill;           // 1: prompts run as rows of the decode step (every matrix GGUF)
+    const LoraAdapter **row_lora;  // (rows) a prompt chunk's per-row arguments
+    KVCache **row_kv;
+    int *row_pos;
     Proj *proj;                // (n_layers, LT_COUNT)
     Proj head;                 // lm_head
     size_t act_stride[LT_COUNT + 1];  // the most bytes of one prepared activation per target
                                       // (over the layers); [LT_COUNT]: lm_head
-    void *qx[LT_COUNT + 1];    // (max_rows, ·) prepared activations, consecutive: each
+    void *qx[LT_COUNT + 1];    // (rows, ·) prepared activations, consecutive: each
                                // matrix's qv_act_bytes apart (as qv_gemv reads them)
-    // (max_rows, ·) fp32 rows
+    // (rows, ·) fp32 rows
     float *x, *h, *out[LT_COUNT], *att, *act;
-    float *lora_h;             // (max_rows, max rank) the low-rank h of each row
-    float *logits;             // (max_rows, V)
-    float *scores;             // (threads, ctx) attention scores
+    float *lora_h;             // (rows, max rank) the low-rank h of each row
+    float *logits;             // (rows, V)
+    float *scores;             // (threads, H/KVH, ctx) attention scores
     float *wrow;               // (threads, wrow_len) slow_gemv's rows
     size_t wrow_len;           // max(C, F)
     int max_rank, score_len, threads;
@@ -89,6 +95,9 @@ void engine_free(Engine *en) {
     free(en->logits);
     free(en->scores);
     free(en->wrow);
+    free(en->row_lora);
+    free(en->row_kv);
+    free(en->row_pos);
     tape_free(en->tape);
     free(en);
 }
@@ -113,7 +122,19 @@ Engine *engine_new(const Model *m, int max_rows, Err *e) {
         }
     proj_init(&en->head, &m->lm_head);
     en->act_stride[LT_COUNT] = en->head.act_bytes;
-    const size_t R = (size_t)max_rows, C = (size_t)c->dim, HD = (size_t)c->n_heads * c->head_dim;
+    // Prompts of a model whose every layer matrix is in a GGUF block format run as rows of the
+    // decode step, PREFILL_ROWS at a time: the integer products of the quantized activations,
+    // as llama.cpp does (measured faster than dequantizing tiles for the fp32 GEMM); others
+    // through model_forward's GEMM.
+    en->row_prefill = 1;
+    for (int i = 0; i < c->n_layers * LT_COUNT; i++)
+        if (en->proj[i].w.fmt != QV_GGQ || !en->proj[i].k) en->row_prefill = 0;
+    en->rows = en->row_prefill && max_rows < PREFILL_ROWS ? PREFILL_ROWS : max_rows;
+    if (!(en->row_lora = xcalloc((size_t)en->rows, sizeof *en->row_lora, "engine rows", e)) ||
+        !(en->row_kv = xcalloc((size_t)en->rows, sizeof *en->row_kv, "engine rows", e)) ||
+        !(en->row_pos = xcalloc((size_t)en->rows, sizeof *en->row_pos, "engine rows", e)))
+        goto fail;
+    const size_t R = (size_t)en->rows, C = (size_t)c->dim, HD = (size_t)c->n_heads * c->head_dim;
     for (int t = 0; t <= LT_COUNT; t++) {
         en->act_stride[t] = (en->act_stride[t] + 63) & ~(size_t)63;
         if (!(en->qx[t] = xmalloc_aligned(R * en->act_stride[t] + 64, "engine activations", e))) goto fail;
@@ -129,7 +150,8 @@ Engine *engine_new(const Model *m, int max_rows, Err *e) {
         !(en->att = xmalloc_aligned(R * HD * sizeof(float), "engine rows", e)) ||
         !(en->act = xmalloc_aligned(R * (size_t)c->hidden_dim * sizeof(float), "engine rows", e)) ||
         !(en->logits = xmalloc_aligned(R * (size_t)c->vocab_size * sizeof(float), "engine logits", e)) ||
-        !(en->scores = xmalloc_aligned((size_t)en->threads * en->score_len * sizeof(float), "attention scores", e)) ||
+        !(en->scores = xmalloc_aligned((size_t)en->threads * (c->n_heads / c->n_kv_heads) * en->score_len * sizeof(float),
+                                       "attention scores", e)) ||
         !(en->wrow = xmalloc_aligned((size_t)en->threads * (en->wrow_len = C > (size_t)c->hidden_dim ? C : (size_t)c->hidden_dim) *
                                          sizeof(float), "engine scratch", e)) ||
         !(en->tape = tape_new(e)))
@@ -148,6 +170,9 @@ fail:
 }
 
 // ---- prefill --------------------------------------------------------------------------------
+static int run_rows(Engine *en, const LoraAdapter *const *lora, KVCache *const *kv, const int *pos,
+                    const int *tokens, int n, int head_from, Err *e);
+
 int engine_prefill(Engine *en, const LoraAdapter *lora, KVCache *kv, const int *ids, int n, float *logits,
                    Err *e) {
     const Model *m = en->m;
@@ -158,6 +183,20 @@ int engine_prefill(Engine *en, const LoraAdapter *lora, KVCache *kv, const int *
     for (int i = 0; i < n; i++)
         if (ids[i] < 0 || ids[i] >= V)
             return err_set(e, "prompt token %d is outside the model's vocabulary (%d)", ids[i], V);
+    if (kv->len + n > en->score_len)
+        return err_set(e, "%d more tokens do not fit the model's context (%d of %d positions used)", n, kv->len,
+                       en->score_len);
+    if (en->row_prefill) {  // PREFILL_ROWS tokens a step, as rows of one sequence
+        for (int i0 = 0; i0 < n; i0 += en->rows) {
+            if (en->cancel && *en->cancel) return err_set(e, "cancelled");
+            const int nc = n - i0 < en->rows ? n - i0 : en->rows, last = i0 + nc == n;
+            for (int i = 0; i < nc; i++) en->row_lora[i] = lora, en->row_kv[i] = kv, en->row_pos[i] = kv->len + i;
+            if (run_rows(en, en->row_lora, en->row_kv, en->row_pos, ids + i0, nc, last ? nc - 1 : nc, e)) return -1;
+            kv->len += nc;
+            if (last) memcpy(logits, en->logits, (size_t)V * sizeof(float));
+        }
+        return 0;
+    }
     for (int i0 = 0; i0 < n; i0 += PREFILL_CHUNK) {
         if (en->cancel && *en->cancel) return err_set(e, "cancelled");
         int nc = n - i0 < PREFILL_CHUNK ? n - i0 : PREFILL_CHUNK;
@@ -170,15 +209,16 @@ int engine_prefill(Engine *en, const LoraAdapter *lora, KVCache *kv, const int *
 }
 
 // ---- decode ---------------------------------------------------------------------------------
-// a (n), b (n) -> a·b in 16 partial sums (a fixed order the compiler vectorizes, the same for
-// every row whatever else runs), then the tail.
+// a (n), b (n) -> a·b in 16 partial sums, added as a tree (a fixed order the compiler
+// vectorizes, the same for every row whatever else runs), then the tail.
 static float dot16(const float *a, const float *b, int64_t n) {
     float part[16] = {0};
     int64_t i = 0;
     for (; i + 16 <= n; i += 16)
         for (int j = 0; j < 16; j++) part[j] += a[i + j] * b[i + j];
-    float s = 0.0f;
-    for (int j = 0; j < 16; j++) s += part[j];
+    for (int w = 8; w >= 1; w /= 2)
+        for (int j = 0; j < w; j++) part[j] += part[j + w];
+    float s = part[0];
     for (; i < n; i++) s += a[i] * b[i];
     return s;
 }
@@ -204,27 +244,39 @@ static void rope_row(float *x, int H, int D, int pos, const float *inv_freq) {
     }
 }
 
-// q (D) of head h, keys/values (Tk, kv_dim) of layer l (head g = h / (H/KVH) at g*D) ->
-// out (D) = softmax(q·k_j / sqrt(D) over the visible j) · V. scores: (Tk) scratch.
-static void attend_head(float *out, const float *q, const float *K, const float *Vv, int lo, int Tk, int kv_dim,
-                        int D, float *scores) {
+// The R query heads q (R, D) that share one key/value head, keys/values (Tk, kv_dim) of that
+// head (at its offset) -> out (R, D): head r's out = softmax(q_r·k_j / sqrt(D) over the
+// visible j) · V. Each key and value row is read once for the R heads; each head's sums run in
+// the same order as for a head alone. scores: (R, Tk) scratch.
+static void attend_group(float *out, const float *q, int R, const float *K, const float *Vv, int lo, int Tk,
+                         int kv_dim, int D, float *scores) {
     const float scale = 1.0f / sqrtf((float)D);
-    float mx = -INFINITY;
+    float mx[R], inv[R];
+    for (int r = 0; r < R; r++) mx[r] = -INFINITY;
     for (int j = lo; j < Tk; j++) {
-        float s = dot16(q, K + (size_t)j * kv_dim, D) * scale;
-        scores[j] = s;
-        if (s > mx) mx = s;
+        const float *k = K + (size_t)j * kv_dim;
+        for (int r = 0; r < R; r++) {
+            float s = dot16(q + (size_t)r * D, k, D) * scale;
+            scores[(size_t)r * Tk + j] = s;
+            if (s > mx[r]) mx[r] = s;
+        }
     }
-    float sum = 0.0f;
-    for (int j = lo; j < Tk; j++) {
-        scores[j] = expf(scores[j] - mx);
-        sum += scores[j];
+    for (int r = 0; r < R; r++) {
+        float *sc = scores + (size_t)r * Tk, sum = 0.0f;
+        for (int j = lo; j < Tk; j++) {
+            sc[j] = expf(sc[j] - mx[r]);
+            sum += sc[j];
+        }
+        inv[r] = 1.0f / sum;
     }
-    float inv = 1.0f / sum;
-    for (int d = 0; d < D; d++) out[d] = 0.0f;
+    for (int i = 0; i < R * D; i++) out[i] = 0.0f;
     for (int j = lo; j < Tk; j++) {
-        const float p = scores[j] * inv, *v = Vv + (size_t)j * kv_dim;
-        for (int d = 0; d < D; d++) out[d] += p * v[d];
+        const float *v = Vv + (size_t)j * kv_dim;
+        for (int r = 0; r < R; r++) {
+            const float p = scores[(size_t)r * Tk + j] * inv[r];
+            float *o = out + (size_t)r * D;
+            for (int d = 0; d < D; d++) o[d] += p * v[d];
+        }
     }
 }
 
@@ -346,25 +398,24 @@ static void glu_row(float *act, const float *g, const float *u, int F, int gelu)
     }
 }
 
-int engine_decode(Engine *en, const LoraAdapter *const *lora, KVCache *const *kv, const int *tokens, int n,
-                  float *const *logits, Err *e) {
+// One step over n rows (1 <= n <= en->rows): row i is token tokens[i] at position pos[i] of the
+// sequence in kv[i] (its k, v are written there at pos[i]; it attends to positions 0..pos[i]),
+// with adapter lora[i] (lora NULL = all base). Rows of one sequence (a prompt chunk: one kv,
+// consecutive positions) see each other's keys: every row's k, v are written before any row
+// attends. Logits only for rows head_from..n-1 -> en->logits row i - head_from. KV lengths are
+// the caller's to advance.
+static int run_rows(Engine *en, const LoraAdapter *const *lora, KVCache *const *kv, const int *pos,
+                    const int *tokens, int n, int head_from, Err *e) {
     const Model *m = en->m;
     const ModelConfig *c = &m->cfg;
     const int C = c->dim, H = c->n_heads, KVH = c->n_kv_heads, D = c->head_dim, F = c->hidden_dim;
-    const int HD = H * D, KD = KVH * D, V = c->vocab_size, L = c->n_layers;
-    if (n < 1 || n > en->max_rows) return err_set(e, "engine: %d rows (1..%d)", n, en->max_rows);
-    for (int i = 0; i < n; i++) {
-        if (tokens[i] < 0 || tokens[i] >= V)
-            return err_set(e, "token %d is outside the model's vocabulary (%d)", tokens[i], V);
-        if (kv[i]->len + 1 > kv[i]->max_seq) return err_set(e, "the KV cache of row %d is full (%d positions)", i, kv[i]->max_seq);
-        if (kv[i]->len + 1 > en->score_len) return err_set(e, "row %d is past the model's context (%d)", i, en->score_len);
-    }
+    const int HD = H * D, KD = KVH * D, L = c->n_layers;
     // the largest rank among the rows' adapters: the LoRA scratch
     int rank = 0;
     for (int i = 0; lora && i < n; i++)
         if (lora[i] && lora[i]->rank > rank) rank = lora[i]->rank;
     if (rank > en->max_rank) {
-        float *p = xmalloc_aligned((size_t)en->max_rows * rank * sizeof(float), "LoRA scratch", e);
+        float *p = xmalloc_aligned((size_t)en->rows * rank * sizeof(float), "LoRA scratch", e);
         if (!p) return -1;
         free(en->lora_h);
         en->lora_h = p;
@@ -379,7 +430,7 @@ int engine_decode(Engine *en, const LoraAdapter *const *lora, KVCache *const *kv
     const int window = c->sliding_window;
 #pragma omp parallel num_threads(en->threads)
     {
-        float *scores = en->scores + (size_t)omp_get_thread_num() * en->score_len;
+        float *scores = en->scores + (size_t)omp_get_thread_num() * (H / KVH) * en->score_len;
         const int gelu = c->act == ACT_GELU_TANH;
         // Per layer: each group's products (one barrier), then one per-row phase that adds the
         // rows' adapters and biases, does the element-wise work and prepares the next group's
@@ -397,20 +448,20 @@ int engine_decode(Engine *en, const LoraAdapter *const *lora, KVCache *const *kv
             for (int i = 0; i < n; i++) {
                 group_extras_row(en, l, G_QKV, i, en->h + (size_t)i * C, lora ? lora[i] : NULL);
                 float *q = en->out[LT_Q] + (size_t)i * HD, *k = en->out[LT_K] + (size_t)i * KD;
-                int pos = kv[i]->len;
-                rope_row(q, H, D, pos, m->inv_freq);
-                rope_row(k, KVH, D, pos, m->inv_freq);
-                size_t at = ((size_t)l * kv[i]->max_seq + pos) * KD;
+                rope_row(q, H, D, pos[i], m->inv_freq);
+                rope_row(k, KVH, D, pos[i], m->inv_freq);
+                size_t at = ((size_t)l * kv[i]->max_seq + pos[i]) * KD;
                 memcpy(kv[i]->k + at, k, (size_t)KD * sizeof(float));
                 memcpy(kv[i]->v + at, en->out[LT_V] + (size_t)i * KD, (size_t)KD * sizeof(float));
             }
+            // each row's key/value heads, with the query heads that share each
 #pragma omp for schedule(dynamic, 1)
-            for (int ih = 0; ih < n * H; ih++) {
-                int i = ih / H, h = ih % H, Tk = kv[i]->len + 1;
+            for (int ig = 0; ig < n * KVH; ig++) {
+                int i = ig / KVH, g = ig % KVH, Tk = pos[i] + 1, R = H / KVH;
                 int lo = window > 0 && Tk - window > 0 ? Tk - window : 0;
-                size_t base = (size_t)l * kv[i]->max_seq * KD + (size_t)(h / (H / KVH)) * D;
-                attend_head(en->att + (size_t)i * HD + (size_t)h * D, en->out[LT_Q] + (size_t)i * HD + (size_t)h * D,
-                            kv[i]->k + base, kv[i]->v + base, lo, Tk, KD, D, scores);
+                size_t base = (size_t)l * kv[i]->max_seq * KD + (size_t)g * D, at = (size_t)i * HD + (size_t)g * R * D;
+                attend_group(en->att + at, en->out[LT_Q] + at, R, kv[i]->k + base, kv[i]->v + base, lo, Tk, KD, D,
+                             scores);
             }
 #pragma omp for schedule(static)
             for (int i = 0; i < n; i++) prepare_group_row(en, l, G_O, i, en->att + (size_t)i * HD);
@@ -436,18 +487,40 @@ int engine_decode(Engine *en, const LoraAdapter *const *lora, KVCache *const *kv
             for (int i = 0; i < n; i++) {
                 group_extras_row(en, l, G_DOWN, i, en->act + (size_t)i * F, lora ? lora[i] : NULL);
                 float *hi = en->h + (size_t)i * C;
+                const int last = l + 1 == L;
+                if (last && i < head_from) {  // no logits wanted: the residual is all
+                    const float *o = en->out[LT_DOWN] + (size_t)i * C;
+                    for (int j = 0; j < C; j++) en->x[(size_t)i * C + j] += o[j];
+                    continue;
+                }
                 residual_norm_row(en->x + (size_t)i * C, en->out[LT_DOWN] + (size_t)i * C, hi,
-                                  l + 1 < L ? m->layers[l + 1].attn_norm->data : m->final_norm->data, C, c->norm_eps);
-                if (l + 1 < L) prepare_group_row(en, l + 1, G_QKV, i, hi);
-                else prepare_row(&en->head, en->qx[LT_COUNT], i, hi);
+                                  !last ? m->layers[l + 1].attn_norm->data : m->final_norm->data, C, c->norm_eps);
+                if (!last) prepare_group_row(en, l + 1, G_QKV, i, hi);
+                else prepare_row(&en->head, en->qx[LT_COUNT], i - head_from, hi);
             }
         }
         const Proj *hp = &en->head;
         void *hq = en->qx[LT_COUNT];
         float *hy = en->logits;
-        int64_t ldv = V;
-        gemv_mats(en, &hp, &hq, &hy, &ldv, 1, n);
+        int64_t ldv = c->vocab_size;
+        gemv_mats(en, &hp, &hq, &hy, &ldv, 1, n - head_from);
     }
+    return 0;
+}
+
+int engine_decode(Engine *en, const LoraAdapter *const *lora, KVCache *const *kv, const int *tokens, int n,
+                  float *const *logits, Err *e) {
+    const ModelConfig *c = &en->m->cfg;
+    const int V = c->vocab_size;
+    if (n < 1 || n > en->max_rows) return err_set(e, "engine: %d rows (1..%d)", n, en->max_rows);
+    for (int i = 0; i < n; i++) {
+        if (tokens[i] < 0 || tokens[i] >= V)
+            return err_set(e, "token %d is outside the model's vocabulary (%d)", tokens[i], V);
+        if (kv[i]->len + 1 > kv[i]->max_seq) return err_set(e, "the KV cache of row %d is full (%d positions)", i, kv[i]->max_seq);
+        if (kv[i]->len + 1 > en->score_len) return err_set(e, "row %d is past the model's context (%d)", i, en->score_len);
+        en->row_pos[i] = kv[i]->len;
+    }
+    if (run_rows(en, lora, kv, en->row_pos, tokens, n, 0, e)) return -1;
     for (int i = 0; i < n; i++) memcpy(logits[i], en->logits + (size_t)i * V, (size_t)V * sizeof(float));
     for (int i = 0; i < n; i++) kv[i]->len++;
     return 0;

@@ -459,15 +459,22 @@ static int cal_matrix(const QvMatrix *like, QvMatrix *w, void **buf, GgqMatrix *
     return 0;
 }
 
+// The cost of variant k: one product with 1 activation plus one with CAL_G (decode alone and
+// a server's batch of rows both count), each the best of 3 after a warm-up.
+#define CAL_G 8
 static double time_variant(const QvKernel *k, const QvMatrix *w, const void *qx, float *y) {
-    double best = 1e30;
-    for (int rep = 0; rep < 4; rep++) {
-        double t0 = now_seconds();
-        qv_gemv(k, w, 0, w->rows, qx, 1, y, w->rows, 0);
-        double t = now_seconds() - t0;
-        if (rep > 0 && t < best) best = t;  // rep 0: the warm-up
+    double cost = 0;
+    for (int G = 1; G <= CAL_G; G += CAL_G - 1) {
+        double best = 1e30;
+        for (int rep = 0; rep < 4; rep++) {
+            double t0 = now_seconds();
+            qv_gemv(k, w, 0, w->rows, qx, G, y, w->rows, 0);
+            double t = now_seconds() - t0;
+            if (rep > 0 && t < best) best = t;  // rep 0: the warm-up
+        }
+        cost += best;
     }
-    return best;
+    return cost;
 }
 
 static const QvKernel *measure(const QvMatrix *like, const QvKernel *c_kernel) {
@@ -481,22 +488,24 @@ static const QvKernel *measure(const QvMatrix *like, const QvKernel *c_kernel) {
         return c_kernel;
     }
     const QvKernel *best = c_kernel;
-    size_t ab = qv_act_bytes(c_kernel, &w);
-    float *x = malloc(sizeof(float) * CAL_COLS), *y = malloc(sizeof(float) * (size_t)w.rows);
-    void *qx = malloc(ab);
-    if (x && y && qx) {
+    float *x = malloc(sizeof(float) * CAL_COLS), *y = malloc(sizeof(float) * (size_t)w.rows * CAL_G);
+    if (x && y) {
         uint64_t s = 99;
         for (int i = 0; i < CAL_COLS; i++) x[i] = (float)(lcg(&s) % 2001) * 1e-3f - 1.0f;
         double tbest = 1e30;
         for (int i = 0; i < qv_kernel_count(); i++) {
             const QvKernel *k = qv_kernel_at(i);
             if (!qv_kernel_usable(k) || !qv_kernel_fits(k, &w)) continue;
-            qv_prepare(k, &w, x, qx);
+            const size_t ab = qv_act_bytes(k, &w);
+            uint8_t *qx = malloc(ab * CAL_G);
+            if (!qx) break;
+            for (int g = 0; g < CAL_G; g++) qv_prepare(k, &w, x, qx + g * ab);
             double t = time_variant(k, &w, qx, y);
+            free(qx);
             if (t < tbest) tbest = t, best = k;
         }
     }
-    free(x), free(y), free(qx), free(buf);
+    free(x), free(y), free(buf);
     if (nm.packed) nf4_free(&nm);
     return best;
 }

@@ -486,65 +486,168 @@ INL __m512i SFX(dot4s)(__m512i acc, __m512i u, __m512i s, __m512i scv) {
 // [a | b]: two ymm -> one zmm
 INL __m512i SFX(cat)(__m256i a, __m256i b) { return _mm512_inserti64x4(_mm512_castsi256_si512(a), b, 1); }
 
-// The bytes of block p and (two) the next one, for the 4/5-bit types: one masked load (nothing
-// read past them; bytes past them 0)
-INL __m512i SFX(raw2)(const int type, const uint8_t *p, const int two) {
-    const int bb = QV_BB32(type);
-    return _mm512_maskz_loadu_epi8(two ? (1ull << 2 * bb) - 1 : (1ull << bb) - 1, p);
+// ---- 32-blocks, four rows at a time: one 128-bit lane per row ----------------------------------
+// A zmm holds 16 code bytes of each of 4 rows (lane r: row r): `lo` the codes of elements 0..15
+// of a block, `hi` those of 16..31; the activation's 16 matching bytes are broadcast to the 4
+// lanes, so one vpdpbusd gives each row 4 dword partial sums, exact. Per block and activation:
+// the two dots, one conversion, one FMA by dw·dx (lane r: its row's dw), one FMA of the
+// offset / min term by x's block value s = dx·Σq (Q4_0 / Q5_0: -8 / -16 · dw·s, the codes
+// taken unsigned; Q4_1 / Q5_1: m·s; Q8_0 with VNNI: -128 · dw·s, the codes taken as w + 128).
+// Each row's sums run in its own lane in the same order whatever the other rows and
+// activations: the same result for a row alone or in a batch. Weight bytes are decoded once
+// per block for up to QV_G4 activations (against QV_GMAX for the one-row kernels).
+#define QV_G4 8
+// Software prefetch: each of the 4 row streams fetches the same place of the group at least
+// QV_PF_BYTES ahead (the hardware prefetchers follow one sequential stream better than four
+// interleaved ones; measured on AMD Zen 5: without it, 40-60% of the bandwidth of one-row code).
+#ifndef QV_PF_BYTES
+#define QV_PF_BYTES 4096
+#endif
+
+// The fp16 at p[r] + off of 4 rows -> zmm, lane r = 4 copies of row r's value
+INL __m512 SFX(half4)(const uint8_t *const *p, const int off) {
+    uint16_t h[4];
+    for (int r = 0; r < 4; r++) memcpy(&h[r], p[r] + off, 2);
+    uint64_t w = (uint64_t)h[0] | (uint64_t)h[1] << 16 | (uint64_t)h[2] << 32 | (uint64_t)h[3] << 48;
+    const __m128 f = _mm_cvtph_ps(_mm_cvtsi64_si128((long long)w));
+    return _mm512_permutexvar_ps(_mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0), _mm512_castps128_ps512(f));
 }
-// The codes of block p and (two) the next one -> zmm, element j of the first in byte j, of the
-// second in byte 32 + j (zero when !two). The 4/5-bit types from raw2's bytes: their two 16
-// code bytes spread by one vpermw to [c0 | c0 | c1 | c1] (the code bytes start at even offsets
-// in every type), shifted by [0 | 4 | 0 | 4] and masked; Q5's fifth bits added under the
-// 64-bit mask qh0 | qh1 << 32.
-INL __m512i SFX(codes2)(const int type, const uint8_t *p, const __m512i raw, const int two) {
+// 16 bytes at p[r] + off of 4 rows -> zmm, lane r = row r's
+INL __m512i SFX(lanes16)(const uint8_t *const *p, const int off) {
+    __m512i v = _mm512_castsi128_si512(_mm_loadu_si128((const __m128i *)(p[0] + off)));
+    v = _mm512_inserti32x4(v, _mm_loadu_si128((const __m128i *)(p[1] + off)), 1);
+    v = _mm512_inserti32x4(v, _mm_loadu_si128((const __m128i *)(p[2] + off)), 2);
+    return _mm512_inserti32x4(v, _mm_loadu_si128((const __m128i *)(p[3] + off)), 3);
+}
+// Q5's fifth bits of 4 rows (qh at p[r] + off, bit j for element j) -> the byte masks of the
+// elements 0..15 (lo) and 16..31 (hi) in the lanes' order
+INL void SFX(fifth4)(const uint8_t *const *p, const int off, __mmask64 *lo, __mmask64 *hi) {
+    uint64_t l = 0, h = 0;
+    for (int r = 0; r < 4; r++) {
+        uint32_t q;
+        memcpy(&q, p[r] + off, 4);
+        l |= (uint64_t)(q & 0xFFFF) << 16 * r;
+        h |= (uint64_t)(q >> 16) << 16 * r;
+    }
+    *lo = (__mmask64)l, *hi = (__mmask64)h;
+}
+// Σ over the 4 floats of each lane, in the same order in every lane -> 4 floats (row r at r)
+INL __m128 SFX(lanesum4)(__m512 v) {
+    v = _mm512_add_ps(v, _mm512_permute_ps(v, 0xB1));  // (0+1, 1+0, 2+3, 3+2)
+    v = _mm512_add_ps(v, _mm512_permute_ps(v, 0x4E));  // ((0+1)+(2+3), ...)
+    return _mm512_castps512_ps128(_mm512_permutexvar_ps(_mm512_set_epi32(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 12, 8, 4, 0), v));
+}
+
+// Rows p[0..3] of nb 32-blocks against gn activations -> out[r * QV_G4 + g]
+INL void SFX(rows4_32)(const int type, const uint8_t *const *p, int64_t nb, const QvAct *a, const int gn, float *out) {
     const int bb = QV_BB32(type), has_min = type == GGQ_Q4_1 || type == GGQ_Q5_1;
     const int five = type == GGQ_Q5_0 || type == GGQ_Q5_1, o = 2 + 2 * has_min + 4 * five;
-    if (type == GGQ_Q8_0)
-        return SFX(cat)(_mm256_loadu_si256((const __m256i *)(p + 2)),
-                        two ? _mm256_loadu_si256((const __m256i *)(p + bb + 2)) : _mm256_setzero_si256());
-    const __m512i j8 = _mm512_set_epi64(0x0007000600050004ll, 0x0003000200010000ll, 0x0007000600050004ll,
-                                        0x0003000200010000ll, 0x0007000600050004ll, 0x0003000200010000ll,
-                                        0x0007000600050004ll, 0x0003000200010000ll);
-    const __m512i idx = _mm512_add_epi16(j8, SFX(cat)(_mm256_set1_epi16((short)(o / 2)), _mm256_set1_epi16((short)((bb + o) / 2))));
-    __m512i v = _mm512_and_si512(_mm512_srlv_epi64(_mm512_permutexvar_epi16(idx, raw), _mm512_set_epi64(4, 4, 0, 0, 4, 4, 0, 0)),
-                                 _mm512_set1_epi8(15));
-    if (five) {
-        uint32_t h0, h1 = 0;
-        memcpy(&h0, p + 2 + 2 * has_min, 4);
-        if (two) memcpy(&h1, p + bb + 2 + 2 * has_min, 4);
-        v = _mm512_mask_add_epi8(v, (__mmask64)h0 | (__mmask64)h1 << 32, v, _mm512_set1_epi8(16));
-    }
-    return v;
-}
-// As the 256-bit chunk32 with two blocks per zmm (an odd last block alone: its pair's second
-// half has zero codes, zero activation bytes and scale lane n, which is 0); pairs alternate
-// between the two accumulators.
-INL void SFX(chunk32)(const int type, const uint8_t *p0, int64_t b0, const int n, const QvAct *a, const int gn,
-                      __m512 *acc0, __m512 *acc1, __m256 *accm) {
-    const int bb = QV_BB32(type);
-    const int has_min = type == GGQ_Q4_1 || type == GGQ_Q5_1;
-    __m256 sc[QV_GMAX];
-    // (the scales gathered by integer code: measured faster here than two vpermt2w of the pairs' bytes)
-    SFX(scales8)(type, SFX(halves8)(p0, bb, n), has_min ? SFX(halves8)(p0 + 2, bb, n) : _mm256_setzero_ps(), b0, n, a,
-                 gn, sc, accm);
-    for (int i = 0; i < n; i += 2) {
-        const int two = i + 1 < n;
-        const uint8_t *p = p0 + (size_t)i * bb;
-        const __m512i v = SFX(codes2)(type, p, type == GGQ_Q8_0 ? _mm512_setzero_si512() : SFX(raw2)(type, p, two), two);
-        const __m512i lanes = SFX(cat)(_mm256_set1_epi32(i), _mm256_set1_epi32(i + 1));
+    const int q8 = type == GGQ_Q8_0;
+    // the coefficient of the offset / min sum (0: none)
+    const float coef = has_min ? 1.0f : type == GGQ_Q4_0 ? -8.0f : type == GGQ_Q5_0 ? -16.0f : VNNI ? -128.0f : 0.0f;
+    const __m512i m4 = _mm512_set1_epi8(15), m16 = _mm512_set1_epi8(16);
+    __m512 acc[QV_G4], accm[QV_G4];
+    for (int g = 0; g < gn; g++) acc[g] = accm[g] = _mm512_setzero_ps();
+    const uint8_t *q[4] = {p[0], p[1], p[2], p[3]};
+    const size_t grp = 4 * (size_t)nb * bb, pf = (QV_PF_BYTES + grp - 1) / grp * grp;
+    const int pfm = bb <= 32 ? 1 : 0;  // prefetch every 2 blocks (every one for Q8_0): about once per line
+    for (int64_t b = 0; b < nb; b++, q[0] += bb, q[1] += bb, q[2] += bb, q[3] += bb) {
+        if (!(b & pfm))
+            for (int k = 0; k < 4; k++) _mm_prefetch((const char *)q[k] + pf, _MM_HINT_T0);
+        __m512i lo, hi;
+        if (q8) {
+            lo = SFX(lanes16)(q, 2), hi = SFX(lanes16)(q, 18);
+        } else {
+            const __m512i raw = SFX(lanes16)(q, o);
+            lo = _mm512_and_si512(raw, m4), hi = _mm512_and_si512(_mm512_srli_epi16(raw, 4), m4);
+            if (five) {
+                __mmask64 ml, mh;
+                SFX(fifth4)(q, 2 + 2 * has_min, &ml, &mh);
+                lo = _mm512_mask_add_epi8(lo, ml, lo, m16), hi = _mm512_mask_add_epi8(hi, mh, hi, m16);
+            }
+        }
+#if VNNI
+        if (q8) {  // w + 128 unsigned
+            const __m512i s80 = _mm512_set1_epi8((char)0x80);
+            lo = _mm512_xor_si512(lo, s80), hi = _mm512_xor_si512(hi, s80);
+        }
+#else
+        __mmask64 nl = 0, nh = 0;
+        if (q8) {  // |w| against x with w's sign
+            nl = _mm512_movepi8_mask(lo), nh = _mm512_movepi8_mask(hi);
+            lo = _mm512_abs_epi8(lo), hi = _mm512_abs_epi8(hi);
+        }
+#endif
+        const __m512 dw = SFX(half4)(q, 0);
+        const __m512 cw = has_min ? SFX(half4)(q, 2) : dw;
         for (int g = 0; g < gn; g++) {
-            const int8_t *xq = a[g].q + 32 * (b0 + i);
-            const __m512i x = two ? _mm512_loadu_si512(xq) : _mm512_maskz_loadu_epi8(0xFFFFFFFFull, xq);
-            const __m512i d = type == GGQ_Q8_0 ? SFX(dot_s8)(v, x) : SFX(dot4)(v, x);
-            const __m512 f = _mm512_cvtepi32_ps(d), s = _mm512_permutexvar_ps(lanes, _mm512_castps256_ps512(sc[g]));
-            if (i & 2)
-                acc1[g] = _mm512_fmadd_ps(f, s, acc1[g]);
-            else
-                acc0[g] = _mm512_fmadd_ps(f, s, acc0[g]);
+            const int8_t *xq = a[g].q + 32 * b;
+            const __m512i xl = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)xq));
+            const __m512i xh = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(xq + 16)));
+            __m512i d;
+#if VNNI
+            d = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, xl), hi, xh);
+#else
+            if (q8) {
+                const __m512i z = _mm512_setzero_si512();
+                const __m512i sl = _mm512_mask_sub_epi8(xl, nl, z, xl), sh = _mm512_mask_sub_epi8(xh, nh, z, xh);
+                const __m512i one = _mm512_set1_epi16(1);
+                d = _mm512_add_epi32(_mm512_madd_epi16(_mm512_maddubs_epi16(lo, sl), one),
+                                     _mm512_madd_epi16(_mm512_maddubs_epi16(hi, sh), one));
+            } else {  // pair sums of both halves stay below 2^15 (codes <= 31)
+                d = _mm512_madd_epi16(_mm512_add_epi16(_mm512_maddubs_epi16(lo, xl), _mm512_maddubs_epi16(hi, xh)),
+                                      _mm512_set1_epi16(1));
+            }
+#endif
+            acc[g] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d), _mm512_mul_ps(dw, _mm512_set1_ps(a[g].d[b])), acc[g]);
+            if (coef != 0.0f) accm[g] = _mm512_fmadd_ps(cw, _mm512_set1_ps(a[g].s[b]), accm[g]);
         }
     }
+    for (int g = 0; g < gn; g++) {
+        __m128 r = SFX(lanesum4)(acc[g]);
+        if (coef != 0.0f) {
+            const __m128 m = _mm512_castps512_ps128(_mm512_permutexvar_ps(
+                _mm512_set_epi32(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 12, 8, 4, 0), accm[g]));
+            r = _mm_fmadd_ps(_mm_set1_ps(coef), m, r);
+        }
+        float t[4];
+        _mm_storeu_ps(t, r);
+        for (int k = 0; k < 4; k++) out[k * QV_G4 + g] = t[k];
+    }
 }
+
+// The driver of the four-row kernel: rows [r0, r0+nr) in groups of 4 (a short last group
+// repeats its last row; only real rows are stored), the activations in passes of QV_G4.
+#define QV_ROWS4_DRIVER(NAME, TYPE)                                                                          \
+    TGT static void NAME(const QvMatrix *w, int64_t r0, int64_t nr, const uint8_t *qx, size_t act, int G,   \
+                         float *y, int64_t ldy, int accumulate) {                                           \
+        const GgqMatrix *m = w->data;                                                                       \
+        const int64_t nb = m->cols / 32;                                                                    \
+        const size_t rb = (size_t)nb * QV_BB32(TYPE);                                                       \
+        for (int64_t r = r0; r < r0 + nr; r += 4) {                                                         \
+            const int nv = r0 + nr - r < 4 ? (int)(r0 + nr - r) : 4;                                        \
+            const uint8_t *p[4];                                                                            \
+            for (int k = 0; k < 4; k++) p[k] = (const uint8_t *)m->data + (size_t)(r + (k < nv ? k : nv - 1)) * rb; \
+            for (int g0 = 0; g0 < G; g0 += QV_G4) {                                                         \
+                const int gn = G - g0 < QV_G4 ? G - g0 : QV_G4;                                             \
+                QvAct a[QV_G4];                                                                             \
+                float out[4 * QV_G4];                                                                       \
+                for (int g = 0; g < gn; g++) a[g] = qv_act_view(qx + (g0 + g) * act, m->cols, 32);          \
+                switch (gn) {                                                                               \
+                case 1: SFX(rows4_32)(TYPE, p, nb, a, 1, out); break;                                       \
+                case 2: SFX(rows4_32)(TYPE, p, nb, a, 2, out); break;                                       \
+                case 3: SFX(rows4_32)(TYPE, p, nb, a, 3, out); break;                                       \
+                case 4: SFX(rows4_32)(TYPE, p, nb, a, 4, out); break;                                       \
+                case 5: SFX(rows4_32)(TYPE, p, nb, a, 5, out); break;                                       \
+                case 6: SFX(rows4_32)(TYPE, p, nb, a, 6, out); break;                                       \
+                case 7: SFX(rows4_32)(TYPE, p, nb, a, 7, out); break;                                       \
+                default: SFX(rows4_32)(TYPE, p, nb, a, QV_G4, out); break;                                  \
+                }                                                                                           \
+                for (int k = 0; k < nv; k++)                                                                \
+                    for (int g = 0; g < gn; g++) qv_store1(y + (g0 + g) * ldy + r + k, accumulate, out[k * QV_G4 + g]); \
+            }                                                                                               \
+        }                                                                                                   \
+    }
 
 // The 4 dwords of each 128-bit lane i of a zmm set to c[i]
 INL __m512i SFX(lanes4)(int c0, int c1, int c2, int c3) {
@@ -639,6 +742,7 @@ INL void SFX(row_q6)(const uint8_t *row, int64_t nb, const QvAct *a, const int g
     for (int g = 0; g < gn; g++) out[g] = VACC_SUM(acc[g]);
 }
 
+#if !W512
 // One row of 32-blocks against gn activations -> out[gn]: chunks of 8 blocks (the last one
 // shorter), one horizontal sum per row and activation.
 INL void SFX(row32)(const int type, const uint8_t *row, int64_t nb, const QvAct *a, const int gn, float *out) {
@@ -651,6 +755,7 @@ INL void SFX(row32)(const int type, const uint8_t *row, int64_t nb, const QvAct 
     if (b0 < nb) SFX(chunk32)(type, row + b0 * bb, b0, (int)(nb - b0), a, gn, acc0, acc1, accm);
     for (int g = 0; g < gn; g++) out[g] = VACC_SUM2(acc0[g], acc1[g]) + SFX(hsum_f)(accm[g]);
 }
+#endif
 
 #define ROW_Q4_0(row, nb, a, gn, out) SFX(row32)(GGQ_Q4_0, row, nb, a, gn, out)
 #define ROW_Q4_1(row, nb, a, gn, out) SFX(row32)(GGQ_Q4_1, row, nb, a, gn, out)
@@ -661,11 +766,19 @@ INL void SFX(row32)(const int type, const uint8_t *row, int64_t nb, const QvAct 
 #define ROW_Q5_K(row, nb, a, gn, out) SFX(row_k45)(1, row, nb, a, gn, out)
 #define ROW_Q6_K(row, nb, a, gn, out) SFX(row_q6)(row, nb, a, gn, out)
 // x (C) q8 blocks, W (OC,C) GGUF -> y (OC)
+#if W512
+QV_ROWS4_DRIVER(SFX(q4_0), GGQ_Q4_0)
+QV_ROWS4_DRIVER(SFX(q4_1), GGQ_Q4_1)
+QV_ROWS4_DRIVER(SFX(q5_0), GGQ_Q5_0)
+QV_ROWS4_DRIVER(SFX(q5_1), GGQ_Q5_1)
+QV_ROWS4_DRIVER(SFX(q8_0), GGQ_Q8_0)
+#else
 QV_INT_DRIVER(SFX(q4_0), TGT, 32, ROW_Q4_0)
 QV_INT_DRIVER(SFX(q4_1), TGT, 32, ROW_Q4_1)
 QV_INT_DRIVER(SFX(q5_0), TGT, 32, ROW_Q5_0)
 QV_INT_DRIVER(SFX(q5_1), TGT, 32, ROW_Q5_1)
 QV_INT_DRIVER(SFX(q8_0), TGT, 32, ROW_Q8_0)
+#endif
 QV_INT_DRIVER(SFX(q4_k), TGT, 256, ROW_Q4_K)
 QV_INT_DRIVER(SFX(q5_k), TGT, 256, ROW_Q5_K)
 QV_INT_DRIVER(SFX(q6_k), TGT, 256, ROW_Q6_K)
@@ -690,6 +803,8 @@ QV_INT_DRIVER(SFX(q6_k), TGT, 256, ROW_Q6_K)
 #undef VACC_SUM
 #undef VACCI
 #undef VACCI_ZERO
+#undef QV_G4
+#undef QV_ROWS4_DRIVER
 #endif  // QV_PASS
 
 #else  // not x86-64

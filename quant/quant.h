@@ -394,8 +394,9 @@ int qv_kernel_fits(const QvKernel *k, const QvMatrix *w);
 // The variant used for w: chosen at run time, or forced by LORA_QV_KERNEL=NAME[,NAME...] (the
 // first listed name that is usable and fits w). The rule: the first call for a format (each
 // GGUF type on its own) times every usable variant of it once on a synthetic matrix of that
-// format (4096 columns, ~2 MiB of weights, one activation, best of 3 after a warm-up: a few ms)
-// and keeps the fastest for the process; the portable C variant is always a candidate. Thread-
+// format (4096 columns, ~2 MiB of weights; one product with 1 activation plus one with 8 — a
+// decode alone and a server's batch both count — each the best of 3 after a warm-up: some ms)
+// and keeps the cheapest for the process; the portable C variant is always a candidate. Thread-
 // safe (a mutex; the measurement runs on the calling thread). NULL only when no variant fits
 // (NF4 needs cols % 64 == 0; GGUF whole blocks).
 const QvKernel *qv_kernel_for(const QvMatrix *w);

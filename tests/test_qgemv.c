@@ -23,7 +23,7 @@
 #include "util/util.h"
 
 #define U32 5.9604644775390625e-8
-#define NG 8  // activations
+#define NG 10  // activations (more than one pass of the 8 the four-row kernels take at once)
 
 static uint64_t rs = 88172645463325252ull;
 static uint64_t rnd_u(void) {
@@ -201,16 +201,21 @@ static int run_variant(const QvKernel *k, Fmt *f, const float *x, char *msg, siz
         size_t l = strlen(msg);
         snprintf(msg + l, mn - l, "error/tol %.3g (vs prepared x), %.3g (vs fp32 x); ", worst_q, worst_x);
     }
-    // G in {1, 2, 3, 5, 8}: activation g's rows bitwise as in the run above
-    static const int GS[] = {1, 2, 3, 5, 8};
+    // G in {1, 2, 3, 5, 8, 10}: activation g's rows bitwise as in the run above
+    static const int GS[] = {1, 2, 3, 5, 8, 10};
     int same = 1;
-    for (int gi = 0; gi < 5; gi++) {
+    for (int gi = 0; gi < 6; gi++) {
         const int G = GS[gi];
         for (int g0 = 0; g0 + G <= NG; g0 += G) {
             qv_gemv(k, &f->w, 0, R, qx + g0 * ab, G, y2, ldy, 0);
             for (int g = 0; g < G; g++)
                 if (memcmp(y2 + g * ldy, y + (g0 + g) * ldy, sizeof(float) * (size_t)R)) same = 0;
         }
+    }
+    // each row alone (kernels that take rows in groups: the group it falls in must not matter)
+    for (int64_t r = 0; r < R; r++) {
+        qv_gemv(k, &f->w, r, 1, qx, 1, y2, ldy, 0);
+        if (memcmp(&y2[r], &y[r], 4)) same = 0;
     }
     // a sub-range of rows (y2 pre-filled: the rows outside must stay untouched)
     const int64_t r0 = R / 3, nr = R / 2;
