@@ -17,6 +17,7 @@
 
 #define PREFILL_CHUNK 512   // prompt tokens per model_forward (the cancel flag is read between)
 #define PREFILL_ROWS 32     // prompt tokens per step when a prompt runs as decode rows
+#define TUNE_TRIES 3        // decode steps timed per team size and row count
 #define QV_CHUNK_BYTES 16384  // weight bytes per unit of work split between the threads
 
 // The three product groups of a layer that share an input, plus the two that read the
@@ -40,7 +41,7 @@ struct Engine {
     int row_prefill;           // 1: prompts run as rows of the decode step (every matrix GGUF)
     const LoraAdapter **row_lora;  // (rows) a prompt chunk's per-row arguments
     KVCache **row_kv;
-    int *row_pos;
+    int *row_pos, *row_tok;
     Proj *proj;                // (n_layers, LT_COUNT)
     Proj head;                 // lm_head
     size_t act_stride[LT_COUNT + 1];  // the most bytes of one prepared activation per target
@@ -55,6 +56,11 @@ struct Engine {
     float *wrow;               // (threads, wrow_len) slow_gemv's rows
     size_t wrow_len;           // max(C, F)
     int max_rank, score_len, threads;
+    // engine_decode's team size for each row count n (index n): 1 or `threads`, whichever
+    // steps measured faster (best of TUNE_TRIES each, alternating, over the first steps with
+    // that n): a small model's step can be faster on one thread than split between two, when
+    // the ten barriers a layer cost more than the work between them
+    struct { double best[2]; int tries[2], team; } *tune;
     Tape *tape;                // the prefill's forward (recording off)
     const volatile int *cancel;
 };
@@ -98,6 +104,8 @@ void engine_free(Engine *en) {
     free(en->row_lora);
     free(en->row_kv);
     free(en->row_pos);
+    free(en->row_tok);
+    free(en->tune);
     tape_free(en->tape);
     free(en);
 }
@@ -130,9 +138,11 @@ Engine *engine_new(const Model *m, int max_rows, Err *e) {
     for (int i = 0; i < c->n_layers * LT_COUNT; i++)
         if (en->proj[i].w.fmt != QV_GGQ || !en->proj[i].k) en->row_prefill = 0;
     en->rows = en->row_prefill && max_rows < PREFILL_ROWS ? PREFILL_ROWS : max_rows;
-    if (!(en->row_lora = xcalloc((size_t)en->rows, sizeof *en->row_lora, "engine rows", e)) ||
+    if (!(en->tune = xcalloc((size_t)max_rows + 1, sizeof *en->tune, "engine rows", e)) ||
+        !(en->row_lora = xcalloc((size_t)en->rows, sizeof *en->row_lora, "engine rows", e)) ||
         !(en->row_kv = xcalloc((size_t)en->rows, sizeof *en->row_kv, "engine rows", e)) ||
-        !(en->row_pos = xcalloc((size_t)en->rows, sizeof *en->row_pos, "engine rows", e)))
+        !(en->row_pos = xcalloc((size_t)en->rows, sizeof *en->row_pos, "engine rows", e)) ||
+        !(en->row_tok = xcalloc((size_t)en->rows, sizeof *en->row_tok, "engine rows", e)))
         goto fail;
     const size_t R = (size_t)en->rows, C = (size_t)c->dim, HD = (size_t)c->n_heads * c->head_dim;
     for (int t = 0; t <= LT_COUNT; t++) {
@@ -171,7 +181,7 @@ fail:
 
 // ---- prefill --------------------------------------------------------------------------------
 static int run_rows(Engine *en, const LoraAdapter *const *lora, KVCache *const *kv, const int *pos,
-                    const int *tokens, int n, int head_from, Err *e);
+                    const int *tokens, int n, int head_from, int team, Err *e);
 
 int engine_prefill(Engine *en, const LoraAdapter *lora, KVCache *kv, const int *ids, int n, float *logits,
                    Err *e) {
@@ -186,17 +196,7 @@ int engine_prefill(Engine *en, const LoraAdapter *lora, KVCache *kv, const int *
     if (kv->len + n > en->score_len)
         return err_set(e, "%d more tokens do not fit the model's context (%d of %d positions used)", n, kv->len,
                        en->score_len);
-    if (en->row_prefill) {  // PREFILL_ROWS tokens a step, as rows of one sequence
-        for (int i0 = 0; i0 < n; i0 += en->rows) {
-            if (en->cancel && *en->cancel) return err_set(e, "cancelled");
-            const int nc = n - i0 < en->rows ? n - i0 : en->rows, last = i0 + nc == n;
-            for (int i = 0; i < nc; i++) en->row_lora[i] = lora, en->row_kv[i] = kv, en->row_pos[i] = kv->len + i;
-            if (run_rows(en, en->row_lora, en->row_kv, en->row_pos, ids + i0, nc, last ? nc - 1 : nc, e)) return -1;
-            kv->len += nc;
-            if (last) memcpy(logits, en->logits, (size_t)V * sizeof(float));
-        }
-        return 0;
-    }
+    if (en->row_prefill) return engine_prefill_many(en, &lora, &kv, &ids, &n, 1, &logits, e);
     for (int i0 = 0; i0 < n; i0 += PREFILL_CHUNK) {
         if (en->cancel && *en->cancel) return err_set(e, "cancelled");
         int nc = n - i0 < PREFILL_CHUNK ? n - i0 : PREFILL_CHUNK;
@@ -205,6 +205,60 @@ int engine_prefill(Engine *en, const LoraAdapter *lora, KVCache *kv, const int *
         if (i0 + nc == n) memcpy(logits, out->data, (size_t)V * sizeof(float));
     }
     tape_reset(en->tape);
+    return 0;
+}
+
+int engine_prefill_many(Engine *en, const LoraAdapter *const *lora, KVCache *const *kv, const int *const *ids,
+                        const int *n, int count, float *const *logits, Err *e) {
+    if (!en->row_prefill) {
+        for (int s = 0; s < count; s++)
+            if (engine_prefill(en, lora[s], kv[s], ids[s], n[s], logits[s], e)) return -1;
+        return 0;
+    }
+    const Model *m = en->m;
+    const int V = m->cfg.vocab_size;
+    for (int s = 0; s < count; s++) {
+        if (n[s] < 1) return err_set(e, "empty prompt: nothing to condition on");
+        if (kv[s]->len + n[s] > kv[s]->max_seq || kv[s]->len + n[s] > en->score_len)
+            return err_set(e, "%d more tokens do not fit the KV cache (%d of %d positions used)", n[s], kv[s]->len,
+                           kv[s]->max_seq < en->score_len ? kv[s]->max_seq : en->score_len);
+        for (int i = 0; i < n[s]; i++)
+            if (ids[s][i] < 0 || ids[s][i] >= V)
+                return err_set(e, "prompt token %d is outside the model's vocabulary (%d)", ids[s][i], V);
+    }
+    int *tok = en->row_tok;
+    int s = 0, t = 0;  // the next token: t of sequence s
+    while (s < count) {
+        if (en->cancel && *en->cancel) return err_set(e, "cancelled");
+        // up to en->rows rows: the sequences' tokens in order, each sequence's last token
+        // (when it falls in this chunk) placed at the end, where the logits are computed
+        int nr = 0, nlast = 0, last_seq[en->rows];
+        while (s < count && nr + nlast < en->rows) {
+            const int room = en->rows - nr - nlast, take = n[s] - t < room ? n[s] - t : room;
+            const int ends = t + take == n[s], body = take - ends;
+            for (int i = 0; i < body; i++, nr++) {
+                en->row_lora[nr] = lora[s], en->row_kv[nr] = kv[s], en->row_pos[nr] = kv[s]->len + t + i;
+                tok[nr] = ids[s][t + i];
+            }
+            if (ends) last_seq[nlast++] = s;
+            t += body;
+            if (ends) t = n[s];
+            if (t == n[s]) s++, t = 0;
+            else break;
+        }
+        // the last tokens after the others
+        for (int k = 0; k < nlast; k++) {
+            const int q = last_seq[k], r = nr + k;
+            en->row_lora[r] = lora[q], en->row_kv[r] = kv[q], en->row_pos[r] = kv[q]->len + n[q] - 1;
+            tok[r] = ids[q][n[q] - 1];
+        }
+        if (run_rows(en, en->row_lora, en->row_kv, en->row_pos, tok, nr + nlast, nr, en->threads, e)) return -1;
+        for (int k = 0; k < nlast; k++) {
+            memcpy(logits[last_seq[k]], en->logits + (size_t)k * V, (size_t)V * sizeof(float));
+        }
+        // positions written: every row's; a sequence's len moves when all of it is in
+        for (int k = 0; k < nlast; k++) kv[last_seq[k]]->len += n[last_seq[k]];
+    }
     return 0;
 }
 
@@ -405,7 +459,7 @@ static void glu_row(float *act, const float *g, const float *u, int F, int gelu)
 // attends. Logits only for rows head_from..n-1 -> en->logits row i - head_from. KV lengths are
 // the caller's to advance.
 static int run_rows(Engine *en, const LoraAdapter *const *lora, KVCache *const *kv, const int *pos,
-                    const int *tokens, int n, int head_from, Err *e) {
+                    const int *tokens, int n, int head_from, int team, Err *e) {
     const Model *m = en->m;
     const ModelConfig *c = &m->cfg;
     const int C = c->dim, H = c->n_heads, KVH = c->n_kv_heads, D = c->head_dim, F = c->hidden_dim;
@@ -428,7 +482,7 @@ static int run_rows(Engine *en, const LoraAdapter *const *lora, KVCache *const *
             for (int j = 0; j < C; j++) xi[j] *= c->embed_scale;
     }
     const int window = c->sliding_window;
-#pragma omp parallel num_threads(en->threads)
+#pragma omp parallel num_threads(team)
     {
         float *scores = en->scores + (size_t)omp_get_thread_num() * (H / KVH) * en->score_len;
         const int gelu = c->act == ACT_GELU_TANH;
@@ -520,7 +574,21 @@ int engine_decode(Engine *en, const LoraAdapter *const *lora, KVCache *const *kv
         if (kv[i]->len + 1 > en->score_len) return err_set(e, "row %d is past the model's context (%d)", i, en->score_len);
         en->row_pos[i] = kv[i]->len;
     }
-    if (run_rows(en, lora, kv, en->row_pos, tokens, n, 0, e)) return -1;
+    int team = en->threads, k = -1;
+    if (team > 1 && !en->tune[n].team) {  // still measuring: the team size with fewer tries
+        k = en->tune[n].tries[0] <= en->tune[n].tries[1] ? 0 : 1;
+        team = k ? en->threads : 1;
+    } else if (team > 1) {
+        team = en->tune[n].team;
+    }
+    double t0 = omp_get_wtime();
+    if (run_rows(en, lora, kv, en->row_pos, tokens, n, 0, team, e)) return -1;
+    if (k >= 0) {
+        double dt = omp_get_wtime() - t0;
+        if (!en->tune[n].tries[k] || dt < en->tune[n].best[k]) en->tune[n].best[k] = dt;
+        if (++en->tune[n].tries[k] >= TUNE_TRIES && en->tune[n].tries[!k] >= TUNE_TRIES)
+            en->tune[n].team = en->tune[n].best[0] < en->tune[n].best[1] ? 1 : en->threads;
+    }
     for (int i = 0; i < n; i++) memcpy(logits[i], en->logits + (size_t)i * V, (size_t)V * sizeof(float));
     for (int i = 0; i < n; i++) kv[i]->len++;
     return 0;

@@ -131,6 +131,41 @@ int gen_prefill_step(Generator *g, Engine *en, int max_tokens, Err *e) {
     return !g->prefilled;
 }
 
+int gen_prompt_left(const Generator *g) { return g->done || g->prefilled ? 0 : g->n_prompt - g->kv->len; }
+
+int gen_prefill_batch(Generator *const *gs, int count, Engine *en, const int *take, int *more, Err *e) {
+    if (count < 1) return 0;
+    const LoraAdapter **lora = malloc(sizeof *lora * (size_t)count);
+    KVCache **kv = malloc(sizeof *kv * (size_t)count);
+    const int **ids = malloc(sizeof *ids * (size_t)count);
+    float **logits = malloc(sizeof *logits * (size_t)count);
+    int rc = -1;
+    if (!lora || !kv || !ids || !logits) {
+        err_set(e, "out of memory (prompt batch of %d)", count);
+        goto out;
+    }
+    for (int i = 0; i < count; i++) {
+        Generator *g = gs[i];
+        if (take[i] < 1 || take[i] > gen_prompt_left(g)) {
+            err_set(e, "prompt batch: %d tokens asked of a prompt with %d left", take[i], gen_prompt_left(g));
+            goto out;
+        }
+        lora[i] = g->lora, kv[i] = g->kv, ids[i] = g->hist + g->kv->len, logits[i] = g->logits;
+    }
+    double t0 = now_s();
+    if (engine_prefill_many(en, lora, kv, ids, take, count, logits, e)) goto out;
+    double dt = now_s() - t0;
+    for (int i = 0; i < count; i++) {
+        gs[i]->timing.prefill_s += dt;
+        gs[i]->prefilled = gs[i]->kv->len == gs[i]->n_prompt;
+        more[i] = !gs[i]->prefilled;
+    }
+    rc = 0;
+out:
+    free(lora), free(kv), free(ids), free(logits);
+    return rc;
+}
+
 int gen_prefill(Generator *g, Engine *en, Err *e) {
     int rc;
     while ((rc = gen_prefill_step(g, en, 0, e)) == 1) {

@@ -52,7 +52,9 @@ int sampler_next(Sampler *s, float *logits, const int *history, int n_history);
 // One step runs any number of sequences, each with its own KV cache, position and adapter
 // (NULL = the base), through the model. Every frozen matrix is read once per step for all the
 // step's rows (fused: q,k,v as one pass over their rows, gate,up likewise; rows split across
-// the threads of ONE OpenMP team, the calling thread's); then each row adds its own
+// the threads of ONE OpenMP team, the calling thread's, or one thread alone where the first
+// steps with that many rows measured that faster: a small model's step can be barrier-bound);
+// then each row adds its own
 // adapter's low-rank term (rows gathered by adapter, as S-LoRA / Punica's BGMV). A row's
 // result never depends on which other rows share its step, so a request's greedy output is
 // the same alone or batched.
@@ -75,6 +77,13 @@ void engine_set_cancel(Engine *en, const volatile int *flag);
 // cancelled, out of memory.
 int engine_prefill(Engine *en, const LoraAdapter *lora, KVCache *kv, const int *ids, int n, float *logits,
                    Err *e);
+// The prompts of count sequences in one pass: ids[s] (n[s] >= 1 tokens) appended to kv[s] with
+// adapter lora[s] (NULL = base) -> logits[s] (V) of its last position. When the engine runs
+// prompts as decode rows (a model whose layer matrices are all GGUF-quantized) the tokens of
+// all the sequences share its steps (32 rows a step, the cancel flag read between); otherwise
+// one engine_prefill each. Errors as engine_prefill's, for any of them.
+int engine_prefill_many(Engine *en, const LoraAdapter *const *lora, KVCache *const *kv, const int *const *ids,
+                        const int *n, int count, float *const *logits, Err *e);
 // n sequences (1 <= n <= max_rows), one token each: tokens[i] at position kv[i]->len of
 // sequence i with adapter lora[i] (lora NULL = all base) -> logits[i] (V) (each row its own
 // buffer). kv[i]->len grows by 1.
@@ -130,6 +139,11 @@ int gen_prefill(Generator *g, Engine *en, Err *e);
 // decode steps): at most max_tokens more of it (0 = the rest). 1 while some remain, 0 when
 // the whole prompt is in (the logits are ready), -1 on error.
 int gen_prefill_step(Generator *g, Engine *en, int max_tokens, Err *e);
+// Several generators' prompts in one engine pass (engine_prefill_many): gs[i] takes take[i]
+// (1 .. gen_prompt_left) more of its prompt; more[i] = 1 while some of it remains. Returns 0,
+// or -1 on an error (then no generator of the call is usable).
+int gen_prefill_batch(Generator *const *gs, int count, Engine *en, const int *take, int *more, Err *e);
+int gen_prompt_left(const Generator *g);  // prompt tokens not yet through the model
 int gen_advance(Generator *g, const char **text, size_t *len, int *token, Err *e);
 KVCache *gen_kv(Generator *g);
 const LoraAdapter *gen_lora(const Generator *g);

@@ -101,36 +101,38 @@ T512F INLF __m512 w16(const void *wr, int bf, int64_t k, __mmask16 m) {
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
 }
 
-// The same with zmm: 4 accumulators per activation over 64-column steps, then 16-steps into the
-// first, the masked tail into the second.
+// The same with zmm for up to 8 activations in one pass (each weight loaded once for all):
+// 2 accumulators per activation over 32-column steps, then one 16-step into the first, the
+// masked tail into the second; per activation the same order whatever gn.
 T512F INLF void fp_row512(const void *wr, int bf, int64_t C, const float *const *x, const int gn, float *out) {
-    __m512 acc[QV_GMAX][4];
-    for (int g = 0; g < gn; g++) acc[g][0] = acc[g][1] = acc[g][2] = acc[g][3] = _mm512_setzero_ps();
+    __m512 acc[8][2];
+    for (int g = 0; g < gn; g++) acc[g][0] = acc[g][1] = _mm512_setzero_ps();
     int64_t k = 0;
-    for (; k + 64 <= C; k += 64) {
-        __m512 v[4];
-        for (int j = 0; j < 4; j++) v[j] = w16(wr, bf, k + 16 * j, 0xFFFF);
-        for (int g = 0; g < gn; g++)
-            for (int j = 0; j < 4; j++) acc[g][j] = _mm512_fmadd_ps(v[j], _mm512_loadu_ps(x[g] + k + 16 * j), acc[g][j]);
+    for (; k + 32 <= C; k += 32) {
+        const __m512 v0 = w16(wr, bf, k, 0xFFFF), v1 = w16(wr, bf, k + 16, 0xFFFF);
+        for (int g = 0; g < gn; g++) {
+            acc[g][0] = _mm512_fmadd_ps(v0, _mm512_loadu_ps(x[g] + k), acc[g][0]);
+            acc[g][1] = _mm512_fmadd_ps(v1, _mm512_loadu_ps(x[g] + k + 16), acc[g][1]);
+        }
     }
-    for (; k + 16 <= C; k += 16) {
+    if (k + 16 <= C) {
         const __m512 v = w16(wr, bf, k, 0xFFFF);
         for (int g = 0; g < gn; g++) acc[g][0] = _mm512_fmadd_ps(v, _mm512_loadu_ps(x[g] + k), acc[g][0]);
+        k += 16;
     }
     if (k < C) {
         const __mmask16 m = (__mmask16)((1u << (C - k)) - 1);
         const __m512 v = w16(wr, bf, k, m);
         for (int g = 0; g < gn; g++) acc[g][1] = _mm512_fmadd_ps(v, _mm512_maskz_loadu_ps(m, x[g] + k), acc[g][1]);
     }
-    for (int g = 0; g < gn; g++)
-        out[g] = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(acc[g][0], acc[g][1]), _mm512_add_ps(acc[g][2], acc[g][3])));
+    for (int g = 0; g < gn; g++) out[g] = _mm512_reduce_add_ps(_mm512_add_ps(acc[g][0], acc[g][1]));
 }
 
 // x (C), W (OC,C) fp32 / bf16 -> y (OC)
 QV_FP_DRIVER(f32_avx2, T256F, fp_row256, 0)
 QV_FP_DRIVER(bf16_avx2, T256F, fp_row256, 1)
-QV_FP_DRIVER(f32_avx512, T512F, fp_row512, 0)
-QV_FP_DRIVER(bf16_avx512, T512F, fp_row512, 1)
+QV_FP_DRIVER8(f32_avx512, T512F, fp_row512, 0)
+QV_FP_DRIVER8(bf16_avx512, T512F, fp_row512, 1)
 
 // ---- the table ---------------------------------------------------------------------------------
 
@@ -497,11 +499,11 @@ INL __m512i SFX(cat)(__m256i a, __m256i b) { return _mm512_inserti64x4(_mm512_ca
 // activations: the same result for a row alone or in a batch. Weight bytes are decoded once
 // per block for up to QV_G4 activations (against QV_GMAX for the one-row kernels).
 #define QV_G4 8
-// Software prefetch: each of the 4 row streams fetches the same place of the group at least
-// QV_PF_BYTES ahead (the hardware prefetchers follow one sequential stream better than four
-// interleaved ones; measured on AMD Zen 5: without it, 40-60% of the bandwidth of one-row code).
+// Software prefetch of the weights QV_PF_BYTES or more ahead, as one sequential stream (the
+// hardware prefetchers follow one stream better than the four interleaved row streams a group
+// reads; measured on AMD Zen 5: without it, 40-60% of the bandwidth of one-row code).
 #ifndef QV_PF_BYTES
-#define QV_PF_BYTES 4096
+#define QV_PF_BYTES 16384
 #endif
 
 // The fp16 at p[r] + off of 4 rows -> zmm, lane r = 4 copies of row r's value
@@ -511,6 +513,15 @@ INL __m512 SFX(half4)(const uint8_t *const *p, const int off) {
     uint64_t w = (uint64_t)h[0] | (uint64_t)h[1] << 16 | (uint64_t)h[2] << 32 | (uint64_t)h[3] << 48;
     const __m128 f = _mm_cvtph_ps(_mm_cvtsi64_si128((long long)w));
     return _mm512_permutexvar_ps(_mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0), _mm512_castps128_ps512(f));
+}
+// The 32 bytes at p[r] + off of 4 rows -> lo (lane r: row r's bytes 0..15), hi (16..31)
+INL void SFX(lanes32)(const uint8_t *const *p, const int off, __m512i *lo, __m512i *hi) {
+    const __m512i a = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(p[0] + off))),
+                                         _mm256_loadu_si256((const __m256i *)(p[1] + off)), 1);
+    const __m512i b = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(p[2] + off))),
+                                         _mm256_loadu_si256((const __m256i *)(p[3] + off)), 1);
+    *lo = _mm512_permutex2var_epi64(a, _mm512_set_epi64(13, 12, 9, 8, 5, 4, 1, 0), b);
+    *hi = _mm512_permutex2var_epi64(a, _mm512_set_epi64(15, 14, 11, 10, 7, 6, 3, 2), b);
 }
 // 16 bytes at p[r] + off of 4 rows -> zmm, lane r = row r's
 INL __m512i SFX(lanes16)(const uint8_t *const *p, const int off) {
@@ -549,14 +560,15 @@ INL void SFX(rows4_32)(const int type, const uint8_t *const *p, int64_t nb, cons
     __m512 acc[QV_G4], accm[QV_G4];
     for (int g = 0; g < gn; g++) acc[g] = accm[g] = _mm512_setzero_ps();
     const uint8_t *q[4] = {p[0], p[1], p[2], p[3]};
-    const size_t grp = 4 * (size_t)nb * bb, pf = (QV_PF_BYTES + grp - 1) / grp * grp;
-    const int pfm = bb <= 32 ? 1 : 0;  // prefetch every 2 blocks (every one for Q8_0): about once per line
-    for (int64_t b = 0; b < nb; b++, q[0] += bb, q[1] += bb, q[2] += bb, q[3] += bb) {
-        if (!(b & pfm))
-            for (int k = 0; k < 4; k++) _mm_prefetch((const char *)q[k] + pf, _MM_HINT_T0);
+    // the group QV_PF_BYTES or more ahead (rows are contiguous: 4 rows = one run of bytes),
+    // fetched as ONE sequential stream, 4 blocks' worth of it per block of this group
+    const size_t grp = 4 * (size_t)nb * bb, pfb = 4 * (size_t)bb;
+    const char *pf = (const char *)p[0] + (QV_PF_BYTES + grp - 1) / grp * grp;
+    for (int64_t b = 0; b < nb; b++, q[0] += bb, q[1] += bb, q[2] += bb, q[3] += bb, pf += pfb) {
+        for (size_t o = 0; o < pfb; o += 64) _mm_prefetch(pf + o, _MM_HINT_T0);
         __m512i lo, hi;
         if (q8) {
-            lo = SFX(lanes16)(q, 2), hi = SFX(lanes16)(q, 18);
+            SFX(lanes32)(q, 2, &lo, &hi);
         } else {
             const __m512i raw = SFX(lanes16)(q, o);
             lo = _mm512_and_si512(raw, m4), hi = _mm512_and_si512(_mm512_srli_epi16(raw, 4), m4);

@@ -395,7 +395,8 @@ int qv_kernel_fits(const QvKernel *k, const QvMatrix *w);
 // first listed name that is usable and fits w). The rule: the first call for a format (each
 // GGUF type on its own) times every usable variant of it once on a synthetic matrix of that
 // format (4096 columns, ~2 MiB of weights; one product with 1 activation plus one with 8 — a
-// decode alone and a server's batch both count — each the best of 3 after a warm-up: some ms)
+// decode alone and a server's batch both count — each the best of 5 rounds after a warm-up,
+// the variants taking turns within a round: some ms)
 // and keeps the cheapest for the process; the portable C variant is always a candidate. Thread-
 // safe (a mutex; the measurement runs on the calling thread). NULL only when no variant fits
 // (NF4 needs cols % 64 == 0; GGUF whole blocks).

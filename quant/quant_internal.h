@@ -166,6 +166,33 @@ static inline void qv_store1(float *y, int accumulate, float v) { *y = accumulat
         }                                                                                                   \
     }
 
+// As QV_FP_DRIVER with passes of up to 8 activations (ROWFN takes gn <= 8).
+#define QV_FP_DRIVER8(NAME, TGT, ROWFN, BF)                                                                \
+    TGT static void NAME(const QvMatrix *w, int64_t r0, int64_t nr, const uint8_t *qx, size_t act, int G,   \
+                         float *y, int64_t ldy, int accumulate) {                                           \
+        const int64_t C = w->cols;                                                                          \
+        for (int64_t r = r0; r < r0 + nr; r++) {                                                            \
+            const void *wr = (const uint8_t *)w->data + (size_t)(r * C) * (BF ? 2 : 4);                     \
+            for (int g0 = 0; g0 < G; g0 += 8) {                                                             \
+                const int gn = G - g0 < 8 ? G - g0 : 8;                                                     \
+                const float *x[8];                                                                          \
+                float out[8];                                                                               \
+                for (int g = 0; g < gn; g++) x[g] = (const float *)(qx + (g0 + g) * act);                   \
+                switch (gn) {                                                                               \
+                case 1: ROWFN(wr, BF, C, x, 1, out); break;                                                 \
+                case 2: ROWFN(wr, BF, C, x, 2, out); break;                                                 \
+                case 3: ROWFN(wr, BF, C, x, 3, out); break;                                                 \
+                case 4: ROWFN(wr, BF, C, x, 4, out); break;                                                 \
+                case 5: ROWFN(wr, BF, C, x, 5, out); break;                                                 \
+                case 6: ROWFN(wr, BF, C, x, 6, out); break;                                                 \
+                case 7: ROWFN(wr, BF, C, x, 7, out); break;                                                 \
+                default: ROWFN(wr, BF, C, x, 8, out); break;                                                \
+                }                                                                                           \
+                for (int g = 0; g < gn; g++) qv_store1(y + (g0 + g) * ldy + r, accumulate, out[g]);         \
+            }                                                                                               \
+        }                                                                                                   \
+    }
+
 // A prepared activation for the GGUF formats (x of cols values, nb = cols / QK blocks), one
 // byte array: q int8 [nb*QK] (x / d rounded to nearest even, |q| <= 127), then d fp32 [nb]
 // (the block's amax / 127), then s fp32 [nb] (d * Σq: llama.cpp's Q8_1 s; QK 32 only), then

@@ -791,6 +791,53 @@ static void check_engine_batch(const char *what, const Model *m, LoraAdapter **a
     engine_free(en);
 }
 
+// Several prompts in one engine_prefill_many (GGUF models run them as rows of shared steps,
+// across the 32-row chunks: lengths 1 .. 45, in two calls) against engine_prefill of each alone:
+// the same logits and the same KV cache, bitwise.
+static void check_prefill_many(const char *what, const Model *m, LoraAdapter **ad) {
+    enum { NS = 5 };
+    static const int len[NS] = {1, 7, 33, 2, 45};
+    Err e = {{0}};
+    const int V = m->cfg.vocab_size;
+    int ctx = m->cfg.max_seq_len > 0 && m->cfg.max_seq_len < 64 ? m->cfg.max_seq_len : 64, *ids[NS];
+    const LoraAdapter *lora[NS] = {NULL, ad[0], ad[1], ad[0], ad[3]};
+    KVCache *ka[NS] = {0}, *kb[NS] = {0};
+    float *la[NS], *lb[NS];
+    Rng r;
+    rng_seed(&r, 91);
+    Engine *en = engine_new(m, 2, &e);
+    int rc = !en, same = 1, n[NS];
+    for (int i = 0; i < NS; i++) {
+        n[i] = len[i] < ctx ? len[i] : ctx - 1;
+        ids[i] = malloc(sizeof(int) * (size_t)n[i]);
+        for (int j = 0; j < n[i]; j++) ids[i][j] = (int)(rng_next(&r) % (uint64_t)V);
+        la[i] = malloc(sizeof(float) * (size_t)V), lb[i] = malloc(sizeof(float) * (size_t)V);
+        if (!rc) rc = !(ka[i] = kv_new(&m->cfg, ctx, &e)) || !(kb[i] = kv_new(&m->cfg, ctx, &e));
+        if (!rc) rc = engine_prefill(en, lora[i], ka[i], ids[i], n[i], la[i], &e);
+    }
+    // the first two in one call, the other three in another (the second starts mid-way: kb's
+    // lengths are 0; a third call then adds one more token to sequence 0)
+    if (!rc) rc = engine_prefill_many(en, lora, kb, (const int *const *)ids, n, 2, lb, &e);
+    if (!rc) rc = engine_prefill_many(en, lora + 2, kb + 2, (const int *const *)ids + 2, n + 2, 3, lb + 2, &e);
+    for (int i = 0; !rc && i < NS; i++) {
+        same &= !memcmp(la[i], lb[i], sizeof(float) * (size_t)V) && ka[i]->len == kb[i]->len;
+        for (int l = 0; l < m->cfg.n_layers; l++) {
+            size_t at = (size_t)l * ka[i]->max_seq * ka[i]->kv_dim, bytes = (size_t)n[i] * ka[i]->kv_dim * sizeof(float);
+            same &= !memcmp(ka[i]->k + at, kb[i]->k + at, bytes) && !memcmp(ka[i]->v + at, kb[i]->v + at, bytes);
+        }
+    }
+    int one = 9;
+    if (!rc) rc = engine_prefill(en, lora[0], ka[0], &one, 1, la[0], &e);
+    const int *pone = &one, none = 1;
+    if (!rc) rc = engine_prefill_many(en, lora, kb, &pone, &none, 1, lb, &e);
+    if (!rc) same &= !memcmp(la[0], lb[0], sizeof(float) * (size_t)V);
+    char name[96];
+    snprintf(name, sizeof name, "engine_prefill_many_equals_alone_%s", what);
+    CHECK(name, !rc && same, "%s", rc ? e.msg : "a prompt's logits or KV cache differ from its prefill alone");
+    for (int i = 0; i < NS; i++) kv_free(ka[i]), kv_free(kb[i]), free(la[i]), free(lb[i]), free(ids[i]);
+    engine_free(en);
+}
+
 static void test_engine(const Fixture *f) {
     Err e = {{0}};
     const char *quant[2] = {"none", "nf4"};
@@ -822,6 +869,7 @@ static void test_engine(const Fixture *f) {
                     for (int64_t j = 0; j < ad[a]->B[i]->n; j++) ad[a]->B[i]->data[j] = 0.1f * rng_normal(&r);
         }
         if (ok) check_engine_batch(q == 0 ? "f32" : q == 1 ? "nf4" : "ggq", m, ad, 4);
+        if (ok) check_prefill_many(q == 0 ? "f32" : q == 1 ? "nf4" : "ggq", m, ad);
         else CHECK("engine_setup", 0, "%s", e.msg);
         for (int a = 0; a < 4; a++) lora_free(ad[a]);
         model_free(m);

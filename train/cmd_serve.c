@@ -542,24 +542,45 @@ static int sched_admit(Server *s, Job *j) {
     return 1;
 }
 
-// The next PREFILL_CHUNK tokens of j's prompt (*budget: what is left of this step's);
-// once the whole prompt is in, its first token. Returns 1 while the request runs on, 0 when
-// it left.
-static int sched_prefill(Server *s, Job *j, int *budget) {
-    Err e = {{0}};
-    KVCache *kv = gen_kv(j->g);
-    int before = kv->len;
-    int rc = gen_prefill_step(j->g, s->en, PREFILL_CHUNK, &e);
-    *budget -= kv->len - before > 0 ? kv->len - before : 1;
-    if (rc < 0) {
-        if (s->stop_flag) job_fail(j, 503, "the server is shutting down");
-        else job_fail(j, 500, e.msg);
-        job_retire(j);
-        return 0;
+// Prompts, in admission order, up to PREFILL_CHUNK tokens of each while this step's budget
+// lasts, in ONE engine pass (gen_prefill_batch: a GGUF model runs all of them as rows of its
+// decode steps): a long prompt is spread over several steps, between the decode steps of the
+// others. A request whose prompt is all in gets its first token. act[0..na) -> the requests
+// that run on (returned count); the others were answered.
+static int sched_prefill(Server *s, Job **act, int na, Generator **gs, int *take, int *more, Job **batch) {
+    int budget = PREFILL_BUDGET, nb = 0;
+    for (int i = 0; i < na && budget > 0; i++) {
+        Job *j = act[i];
+        if (!j->prefilling) continue;
+        int left = gen_prompt_left(j->g), t = left < PREFILL_CHUNK ? left : PREFILL_CHUNK;
+        if (t > budget) t = budget;
+        if (t < 1) continue;
+        batch[nb] = j, gs[nb] = j->g, take[nb] = t, nb++;
+        budget -= t;
     }
-    if (rc == 1) return 1;
-    j->prefilling = 0;
-    return sched_advance(s, j);
+    if (nb == 0) return na;
+    Err e = {{0}};
+    int failed = gen_prefill_batch(gs, nb, s->en, take, more, &e);
+    int k = 0, b = 0;
+    for (int i = 0; i < na; i++) {
+        Job *j = act[i];
+        if (b >= nb || batch[b] != j) {  // not in this step's batch
+            act[k++] = j;
+            continue;
+        }
+        const int mb = more[b++];
+        if (failed) {
+            if (s->stop_flag) job_fail(j, 503, "the server is shutting down");
+            else job_fail(j, 500, e.msg);
+            job_retire(j);
+        } else if (mb) {
+            act[k++] = j;
+        } else {
+            j->prefilling = 0;
+            if (sched_advance(s, j)) act[k++] = j;
+        }
+    }
+    return k;
 }
 
 static void *scheduler_main(void *arg) {
@@ -571,8 +592,9 @@ static void *scheduler_main(void *arg) {
     const LoraAdapter **loras = calloc((size_t)B, sizeof *loras);
     KVCache **kvs = calloc((size_t)B, sizeof *kvs);
     float **logits = calloc((size_t)B, sizeof *logits);
-    int *toks = calloc((size_t)B, sizeof *toks);
-    if (!act || !rows || !loras || !kvs || !logits || !toks) {
+    int *toks = calloc((size_t)B, sizeof *toks), *take = calloc((size_t)B, sizeof *take), *more = calloc((size_t)B, sizeof *more);
+    Generator **gs = calloc((size_t)B, sizeof *gs);
+    if (!act || !rows || !loras || !kvs || !logits || !toks || !take || !more || !gs) {
         fprintf(stderr, "lora serve: out of memory (scheduler)\n");
         abort();
     }
@@ -631,16 +653,8 @@ static void *scheduler_main(void *arg) {
         pthread_mutex_lock(&s->mu);
         s->nactive = na;
         pthread_mutex_unlock(&s->mu);
-        // prompts, in admission order, a chunk each while this step's budget lasts: a long
-        // prompt is spread over several steps, between the decode steps of the others (a
-        // stop cancels it between chunks)
-        int budget = PREFILL_BUDGET;
-        k = 0;
-        for (int i = 0; i < na; i++) {
-            Job *j = act[i];
-            if (!j->prefilling || budget <= 0 || s->stop_flag || sched_prefill(s, j, &budget)) act[k++] = j;
-        }
-        na = k;
+        // this step's prompt chunks (a stop cancels them between chunks)
+        if (!s->stop_flag) na = sched_prefill(s, act, na, gs, take, more, rows);
         if (s->stop_flag) continue;
         // one decode step for every request past its prompt, each with its own adapter
         int nr = 0;
@@ -697,7 +711,7 @@ static void *scheduler_main(void *arg) {
     pthread_mutex_lock(&s->mu);
     s->nactive = 0;
     pthread_mutex_unlock(&s->mu);
-    free(act), free(rows), free(loras), free(kvs), free(logits), free(toks);
+    free(act), free(rows), free(loras), free(kvs), free(logits), free(toks), free(take), free(more), free(gs);
     return NULL;
 }
 
