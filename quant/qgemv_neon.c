@@ -216,8 +216,8 @@ INL void fp_row(const void *wr, int bf, int64_t C, const float *const *x, const 
 }
 
 // x (C), W (OC,C) fp32 / bf16 -> y (OC)
-QV_FP_DRIVER(f32_neon, , fp_row, 0)
-QV_FP_DRIVER(bf16_neon, , fp_row, 1)
+QV_FP_DRIVER(f32_neon, , fp_row, 0, QV_GMAX)
+QV_FP_DRIVER(bf16_neon, , fp_row, 1, QV_GMAX)
 
 static const QvKernel K_NEON[] = {
     {"f32-neon", "neon", QV_F32, 0, f32_neon},

@@ -129,10 +129,10 @@ T512F INLF void fp_row512(const void *wr, int bf, int64_t C, const float *const 
 }
 
 // x (C), W (OC,C) fp32 / bf16 -> y (OC)
-QV_FP_DRIVER(f32_avx2, T256F, fp_row256, 0)
-QV_FP_DRIVER(bf16_avx2, T256F, fp_row256, 1)
-QV_FP_DRIVER8(f32_avx512, T512F, fp_row512, 0)
-QV_FP_DRIVER8(bf16_avx512, T512F, fp_row512, 1)
+QV_FP_DRIVER(f32_avx2, T256F, fp_row256, 0, QV_GMAX)
+QV_FP_DRIVER(bf16_avx2, T256F, fp_row256, 1, QV_GMAX)
+QV_FP_DRIVER(f32_avx512, T512F, fp_row512, 0, 8)
+QV_FP_DRIVER(bf16_avx512, T512F, fp_row512, 1, 8)
 
 // ---- the table ---------------------------------------------------------------------------------
 

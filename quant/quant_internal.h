@@ -142,51 +142,30 @@ static inline float qv_weight_f32(const void *wr, int bf, int64_t k) {
 static inline void qv_store1(float *y, int accumulate, float v) { *y = accumulate ? *y + v : v; }
 
 // The qv_gemv driver of the fp32 / bf16 variants (BF: 1 for bf16): rows [r0, r0+nr) of W, the
-// G activations in groups of up to QV_GMAX through ROWFN(row, BF, C, x[], gn, out[]) (x (gn,C)
-// fp32, one row of W -> out (gn)); TGT: the variant's target attribute (or nothing).
-#define QV_FP_DRIVER(NAME, TGT, ROWFN, BF)                                                                 \
+// G activations in passes of up to GM (4 or 8) through ROWFN(row, BF, C, x[], gn, out[]) (x
+// (gn,C) fp32, one row of W -> out (gn); gn a compile-time constant <= GM); TGT: the variant's
+// target attribute (or nothing).
+#define QV_FP_GN(k, GM) ((GM) >= (k) ? (k) : (GM))  // (a case past GM is never taken)
+#define QV_FP_DRIVER(NAME, TGT, ROWFN, BF, GM)                                                             \
     TGT static void NAME(const QvMatrix *w, int64_t r0, int64_t nr, const uint8_t *qx, size_t act, int G,   \
                          float *y, int64_t ldy, int accumulate) {                                           \
         const int64_t C = w->cols;                                                                          \
         for (int64_t r = r0; r < r0 + nr; r++) {                                                            \
             const void *wr = (const uint8_t *)w->data + (size_t)(r * C) * (BF ? 2 : 4);                     \
-            for (int g0 = 0; g0 < G; g0 += QV_GMAX) {                                                       \
-                const int gn = G - g0 < QV_GMAX ? G - g0 : QV_GMAX;                                         \
-                const float *x[QV_GMAX];                                                                    \
-                float out[QV_GMAX];                                                                         \
+            for (int g0 = 0; g0 < G; g0 += GM) {                                                            \
+                const int gn = G - g0 < GM ? G - g0 : GM;                                                   \
+                const float *x[GM];                                                                         \
+                float out[GM];                                                                              \
                 for (int g = 0; g < gn; g++) x[g] = (const float *)(qx + (g0 + g) * act);                   \
                 switch (gn) {                                                                               \
                 case 1: ROWFN(wr, BF, C, x, 1, out); break;                                                 \
                 case 2: ROWFN(wr, BF, C, x, 2, out); break;                                                 \
                 case 3: ROWFN(wr, BF, C, x, 3, out); break;                                                 \
-                default: ROWFN(wr, BF, C, x, QV_GMAX, out); break;                                          \
-                }                                                                                           \
-                for (int g = 0; g < gn; g++) qv_store1(y + (g0 + g) * ldy + r, accumulate, out[g]);         \
-            }                                                                                               \
-        }                                                                                                   \
-    }
-
-// As QV_FP_DRIVER with passes of up to 8 activations (ROWFN takes gn <= 8).
-#define QV_FP_DRIVER8(NAME, TGT, ROWFN, BF)                                                                \
-    TGT static void NAME(const QvMatrix *w, int64_t r0, int64_t nr, const uint8_t *qx, size_t act, int G,   \
-                         float *y, int64_t ldy, int accumulate) {                                           \
-        const int64_t C = w->cols;                                                                          \
-        for (int64_t r = r0; r < r0 + nr; r++) {                                                            \
-            const void *wr = (const uint8_t *)w->data + (size_t)(r * C) * (BF ? 2 : 4);                     \
-            for (int g0 = 0; g0 < G; g0 += 8) {                                                             \
-                const int gn = G - g0 < 8 ? G - g0 : 8;                                                     \
-                const float *x[8];                                                                          \
-                float out[8];                                                                               \
-                for (int g = 0; g < gn; g++) x[g] = (const float *)(qx + (g0 + g) * act);                   \
-                switch (gn) {                                                                               \
-                case 1: ROWFN(wr, BF, C, x, 1, out); break;                                                 \
-                case 2: ROWFN(wr, BF, C, x, 2, out); break;                                                 \
-                case 3: ROWFN(wr, BF, C, x, 3, out); break;                                                 \
-                case 4: ROWFN(wr, BF, C, x, 4, out); break;                                                 \
-                case 5: ROWFN(wr, BF, C, x, 5, out); break;                                                 \
-                case 6: ROWFN(wr, BF, C, x, 6, out); break;                                                 \
-                case 7: ROWFN(wr, BF, C, x, 7, out); break;                                                 \
-                default: ROWFN(wr, BF, C, x, 8, out); break;                                                \
+                case 4: ROWFN(wr, BF, C, x, QV_FP_GN(4, GM), out); break;                                   \
+                case 5: ROWFN(wr, BF, C, x, QV_FP_GN(5, GM), out); break;                                   \
+                case 6: ROWFN(wr, BF, C, x, QV_FP_GN(6, GM), out); break;                                   \
+                case 7: ROWFN(wr, BF, C, x, QV_FP_GN(7, GM), out); break;                                   \
+                default: ROWFN(wr, BF, C, x, GM, out); break;                                               \
                 }                                                                                           \
                 for (int g = 0; g < gn; g++) qv_store1(y + (g0 + g) * ldy + r, accumulate, out[g]);         \
             }                                                                                               \
