@@ -3,7 +3,7 @@
 // chosen at run time (qv_kernel_for):
 //   *-avx2        ymm; integer dots vpmaddubsw + vpmaddwd                      (AVX2 + FMA)
 //   *-avxvnni     the same code with vpdpbusd (VEX)                            (AVX-VNNI)
-//   *-avx512      zmm, two 32-blocks per vector; vpmaddubsw + vpmaddwd         (AVX-512 F/BW/DQ/VL)
+//   *-avx512      zmm; vpmaddubsw + vpmaddwd                                   (AVX-512 F/BW/DQ/VL)
 //   *-avx512vnni  the same code with vpdpbusd                                  (AVX-512 VNNI)
 //   f32 / bf16:   fp32 FMA, avx2 and avx512 only (no integer products).
 // The four integer passes share one body: this file includes itself once per pass with
@@ -14,11 +14,14 @@
 // weights are 0..63 or |w| <= 128 against |q| <= 127; vpdpbusd sums of 4 below 2^15 where they
 // are multiplied by a 16-bit scale through vpmaddwd); the fp32 scaling and sums are the only
 // roundings.
-// Speed (decode streams the weights once: each kernel must outrun memory with 2 threads):
-//   - 32-blocks: 8 blocks' fp16 scales gathered by integer code and converted / multiplied by
-//     x's 8 block scales at once, then one lane permute per block (or pair); Q4_0 / Q5_0 take
-//     their codes unsigned, the offset term -off·(dw·dx)·Σqx per 8 blocks from x's block sums;
-//     two accumulator chains; one horizontal sum per row.
+// Speed (decode streams the weights once: each kernel must outrun memory with 2 threads; a
+// server's step multiplies the same weights by up to 8 activations):
+//   - 32-blocks: several rows at once, one 128-bit lane per row (4 rows per zmm, 2 per ymm),
+//     the activation's 16 bytes broadcast to every lane: a block's codes are decoded once for
+//     up to 8 (zmm) or 4 (ymm) activations, and each row's partial sums stay in its lane (so
+//     its result does not depend on its neighbours); Q4_0 / Q5_0 take their codes unsigned,
+//     the offset term -off·dw·(dx·Σqx) from x's block sums; one sequential software-prefetch
+//     stream ahead of the rows.
 //   - K formats (llama.cpp's ggml_vec_dot_q4_K_q8_K / q6_K scheme): the scales and mins
 //     decoded once per super-block, the products multiplied by their 16-bit scale (vpmaddwd)
 //     and kept exactly in int32 lanes over the super-block, the mins (and Q6_K's -32) from x's
@@ -29,6 +32,7 @@
 #if defined(__x86_64__)
 #if !defined(QV_PASS)
 #include <immintrin.h>
+#include <math.h>
 #include <string.h>
 
 
@@ -202,49 +206,17 @@ INL float SFX(hsum_f)(__m256 s) {
     return _mm_cvtss_f32(h);
 }
 
+// Software prefetch of the weights QV_PF_BYTES or more ahead, as one sequential stream, in the
+// multi-row kernels (the hardware prefetchers follow one stream better than the interleaved row
+// streams a group of rows reads; measured on AMD Zen 5: without it, 40-60% of the bandwidth of
+// one-row code).
+#ifndef QV_PF_BYTES
+#define QV_PF_BYTES 16384
+#endif
+
 // bytes per block of a 32-blocks type
 #define QV_BB32(type) \
     ((type) == GGQ_Q4_0 ? 18 : (type) == GGQ_Q4_1 ? 20 : (type) == GGQ_Q5_0 ? 22 : (type) == GGQ_Q5_1 ? 24 : 34)
-
-// The 32-blocks' scales, 8 blocks at a time: the fp16 at p + i·bb for i < n (n <= 8) -> 8 fp32
-// lanes (past n: 0), gathered by integer code into two 64-bit words and converted by one
-// vcvtph2ps (instead of a conversion, a multiply and a broadcast per block).
-INL __m256 SFX(halves8)(const uint8_t *p, const int bb, const int n) {
-    uint64_t w[2] = {0, 0};
-    for (int i = 0; i < n; i++) {
-        uint16_t h;
-        memcpy(&h, p + (size_t)i * bb, 2);
-        w[i >> 2] |= (uint64_t)h << 16 * (i & 3);
-    }
-    return _mm256_cvtph_ps(_mm_set_epi64x((long long)w[1], (long long)w[0]));
-}
-// v[0..n) -> 8 fp32 lanes (past n: 0, not read)
-INL __m256 SFX(load8)(const float *v, const int n) {
-    if (n == 8) return _mm256_loadu_ps(v);
-    return _mm256_maskload_ps(v, _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)));
-}
-// Per chunk of n <= 8 blocks from b0 (dw, mw: their fp16 scales and mins, lanes past n 0):
-// lane i of sc[g] = dw·dx of block b0+i for activation g (the block's integer dot Σ q·qx is
-// multiplied by it, lane i picked by a permute), and the blocks' other term added to accm[g] as
-// one vector: Q4_1 / Q5_1's m·s, Q4_0 / Q5_0's -off·(dw·dx)·Σqx (codes taken unsigned, the
-// offset 8 or 16 through the activation's exact block sums bs: exact integers scaled in fp32,
-// like the min term).
-INL void SFX(scales8)(const int type, const __m256 dw, const __m256 mw, int64_t b0, const int n, const QvAct *a,
-                      const int gn, __m256 *sc, __m256 *accm) {
-    const int has_min = type == GGQ_Q4_1 || type == GGQ_Q5_1;
-    const int off = type == GGQ_Q4_0 ? 3 : type == GGQ_Q5_0 ? 4 : 0;  // log2 of the offset
-    for (int g = 0; g < gn; g++) sc[g] = _mm256_mul_ps(dw, SFX(load8)(a[g].d + b0, n));
-    if (has_min)
-        for (int g = 0; g < gn; g++) accm[g] = _mm256_fmadd_ps(mw, SFX(load8)(a[g].s + b0, n), accm[g]);
-    if (off)
-        for (int g = 0; g < gn; g++) {
-            int16_t t[8] = {0};
-            const int16_t *bs = a[g].bs + b0;
-            if (n < 8) memcpy(t, bs, sizeof(int16_t) * (size_t)n), bs = t;
-            const __m256i sx = _mm256_slli_epi32(_mm256_cvtepi16_epi32(_mm_loadu_si128((const __m128i *)bs)), off);
-            accm[g] = _mm256_fnmadd_ps(sc[g], _mm256_cvtepi32_ps(sx), accm[g]);
-        }
-}
 
 // The 12 scale bytes of a Q4_K / Q5_K super-block -> 16 bytes: the 8 6-bit scales, then the 8
 // mins (quant.h's packing read as 32-bit words: sub-blocks 4..7 take their top 2 bits from the
@@ -329,44 +301,125 @@ INL __m256i SFX(bits32)(uint32_t qh) {
     return _mm256_cmpeq_epi8(_mm256_and_si256(t, bm), bm);
 }
 
-// Blocks [b0, b0+n) of a row of 32-blocks (n <= 8) against gn activations: per block the 32
-// codes decoded once into a ymm (element j in byte j: the 16 code bytes in both lanes, shifted
-// by 0 | 4, masked), each activation's exact integer dot product per dword, converted and
-// multiplied by lane i of sc (the chunk's scales) into acc0[g] (even i) or acc1[g] (odd i: two
-// chains, so the FMA latency is not the bound).
-INL void SFX(chunk32)(const int type, const uint8_t *p0, int64_t b0, const int n, const QvAct *a, const int gn,
-                      __m256 *acc0, __m256 *acc1, __m256 *accm) {
+// ---- 32-blocks, two rows at a time: one 128-bit lane per row (the 256-bit form of the
+// AVX-512 passes' four-row kernel, see there): `lo` the codes of elements 0..15 of a block,
+// `hi` those of 16..31, the activation's 16 matching bytes broadcast to both lanes; per block
+// and activation two dots, one conversion, one FMA by dw·dx, one FMA of the offset / min term.
+// Each row's sums in its own lane, the same whatever else runs.
+#define QV_G2 4
+
+// the fp16 at p[r] + off of 2 rows -> ymm, lane r = 4 copies of row r's value
+INL __m256 SFX(half2)(const uint8_t *const *p, const int off) {
+    uint16_t h0, h1;
+    memcpy(&h0, p[0] + off, 2), memcpy(&h1, p[1] + off, 2);
+    const __m128 f = _mm_cvtph_ps(_mm_cvtsi32_si128((int)((uint32_t)h0 | (uint32_t)h1 << 16)));
+    return _mm256_permutevar8x32_ps(_mm256_castps128_ps256(f), _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1));
+}
+// Σ over the 4 floats of each lane, the same order in both -> element 0 of each lane
+INL void SFX(lanesum2)(__m256 v, float *r0, float *r1) {
+    v = _mm256_add_ps(v, _mm256_permute_ps(v, 0xB1));
+    v = _mm256_add_ps(v, _mm256_permute_ps(v, 0x4E));
+    *r0 = _mm_cvtss_f32(_mm256_castps256_ps128(v)), *r1 = _mm_cvtss_f32(_mm256_extractf128_ps(v, 1));
+}
+
+// Rows p[0], p[1] of nb 32-blocks against gn activations -> out[r * QV_G2 + g]
+INL void SFX(rows2_32)(const int type, const uint8_t *const *p, int64_t nb, const QvAct *a, const int gn, float *out) {
     const int bb = QV_BB32(type), has_min = type == GGQ_Q4_1 || type == GGQ_Q5_1;
     const int five = type == GGQ_Q5_0 || type == GGQ_Q5_1, o = 2 + 2 * has_min + 4 * five;
-    __m256 sc[QV_GMAX];
-    SFX(scales8)(type, SFX(halves8)(p0, bb, n), has_min ? SFX(halves8)(p0 + 2, bb, n) : _mm256_setzero_ps(), b0, n, a,
-                 gn, sc, accm);
-    for (int i = 0; i < n; i++) {
-        const uint8_t *p = p0 + (size_t)i * bb;
-        __m256i v;
-        if (type == GGQ_Q8_0) {
-            v = _mm256_loadu_si256((const __m256i *)(p + 2));
+    const int q8 = type == GGQ_Q8_0;
+    const float coef = has_min ? 1.0f : type == GGQ_Q4_0 ? -8.0f : type == GGQ_Q5_0 ? -16.0f : VNNI ? -128.0f : 0.0f;
+    const __m256i m4 = _mm256_set1_epi8(15), m16 = _mm256_set1_epi8(16);
+    __m256 acc[QV_G2], accm[QV_G2];
+    for (int g = 0; g < gn; g++) acc[g] = accm[g] = _mm256_setzero_ps();
+    const uint8_t *q[2] = {p[0], p[1]};
+    // the weights QV_PF_BYTES or more ahead as one sequential stream (see the 512-bit passes)
+    const size_t grp = 2 * (size_t)nb * bb, pfb = 2 * (size_t)bb;
+    const char *pf = (const char *)p[0] + (QV_PF_BYTES + grp - 1) / grp * grp;
+    for (int64_t b = 0; b < nb; b++, q[0] += bb, q[1] += bb, pf += pfb) {
+        for (size_t k = 0; k < pfb; k += 64) _mm_prefetch(pf + k, _MM_HINT_T0);
+        __m256i lo, hi;
+        if (q8) {
+            const __m256i r0 = _mm256_loadu_si256((const __m256i *)(q[0] + 2)), r1 = _mm256_loadu_si256((const __m256i *)(q[1] + 2));
+            lo = _mm256_permute2x128_si256(r0, r1, 0x20), hi = _mm256_permute2x128_si256(r0, r1, 0x31);
         } else {
-            const __m256i c = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(p + o)));
-            v = _mm256_and_si256(_mm256_srlv_epi64(c, _mm256_set_epi64x(4, 4, 0, 0)), _mm256_set1_epi8(15));
-            if (five) {
-                uint32_t qh;
-                memcpy(&qh, p + 2 + 2 * has_min, 4);
-                v = _mm256_or_si256(v, _mm256_and_si256(SFX(bits32)(qh), _mm256_set1_epi8(16)));
+            const __m256i raw = _mm256_set_m128i(_mm_loadu_si128((const __m128i *)(q[1] + o)), _mm_loadu_si128((const __m128i *)(q[0] + o)));
+            lo = _mm256_and_si256(raw, m4), hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), m4);
+            if (five) {  // bit j of a row's qh: element j's fifth bit
+                uint32_t h0, h1;
+                memcpy(&h0, q[0] + 2 + 2 * has_min, 4), memcpy(&h1, q[1] + 2 + 2 * has_min, 4);
+                lo = _mm256_or_si256(lo, _mm256_and_si256(SFX(bits32)((h0 & 0xFFFF) | h1 << 16), m16));
+                hi = _mm256_or_si256(hi, _mm256_and_si256(SFX(bits32)(h0 >> 16 | (h1 & 0xFFFF0000u)), m16));
             }
         }
-        const __m256i lane = _mm256_set1_epi32(i);
+#if VNNI
+        if (q8) {  // w + 128 unsigned
+            const __m256i s80 = _mm256_set1_epi8((char)0x80);
+            lo = _mm256_xor_si256(lo, s80), hi = _mm256_xor_si256(hi, s80);
+        }
+#else
+        __m256i slo = lo, shi = hi;  // Q8_0: |w| against x with w's sign
+        if (q8) lo = _mm256_abs_epi8(lo), hi = _mm256_abs_epi8(hi);
+#endif
+        const __m256 dw = SFX(half2)(q, 0);
+        const __m256 cw = has_min ? SFX(half2)(q, 2) : dw;
         for (int g = 0; g < gn; g++) {
-            const __m256i x = _mm256_loadu_si256((const __m256i *)(a[g].q + 32 * (b0 + i)));
-            const __m256i d = type == GGQ_Q8_0 ? SFX(dot_s8)(v, x) : SFX(dot4)(v, x);
-            const __m256 f = _mm256_cvtepi32_ps(d), s = _mm256_permutevar8x32_ps(sc[g], lane);
-            if (i & 1)
-                acc1[g] = _mm256_fmadd_ps(f, s, acc1[g]);
-            else
-                acc0[g] = _mm256_fmadd_ps(f, s, acc0[g]);
+            const int8_t *xq = a[g].q + 32 * b;
+            const __m256i xl = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)xq));
+            const __m256i xh = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(xq + 16)));
+            __m256i d;
+#if VNNI
+            d = _mm256_dpbusd_avx_epi32(_mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), lo, xl), hi, xh);
+#else
+            const __m256i one = _mm256_set1_epi16(1);
+            if (q8)
+                d = _mm256_add_epi32(_mm256_madd_epi16(_mm256_maddubs_epi16(lo, _mm256_sign_epi8(xl, slo)), one),
+                                     _mm256_madd_epi16(_mm256_maddubs_epi16(hi, _mm256_sign_epi8(xh, shi)), one));
+            else  // pair sums of both halves stay below 2^15 (codes <= 31)
+                d = _mm256_madd_epi16(_mm256_add_epi16(_mm256_maddubs_epi16(lo, xl), _mm256_maddubs_epi16(hi, xh)), one);
+#endif
+            acc[g] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d), _mm256_mul_ps(dw, _mm256_set1_ps(a[g].d[b])), acc[g]);
+            if (coef != 0.0f) accm[g] = _mm256_fmadd_ps(cw, _mm256_set1_ps(a[g].s[b]), accm[g]);
         }
     }
+    for (int g = 0; g < gn; g++) {
+        float r0, r1;
+        SFX(lanesum2)(acc[g], &r0, &r1);
+        if (coef != 0.0f) {
+            const float m0 = _mm_cvtss_f32(_mm256_castps256_ps128(accm[g])), m1 = _mm_cvtss_f32(_mm256_extractf128_ps(accm[g], 1));
+            r0 = fmaf(coef, m0, r0), r1 = fmaf(coef, m1, r1);
+        }
+        out[g] = r0, out[QV_G2 + g] = r1;
+    }
 }
+
+// The driver of the two-row kernel: rows [r0, r0+nr) in pairs (an odd last row pairs with
+// itself; only real rows are stored), the activations in passes of QV_G2.
+#define QV_ROWS2_DRIVER(NAME, TYPE)                                                                          \
+    TGT static void NAME(const QvMatrix *w, int64_t r0, int64_t nr, const uint8_t *qx, size_t act, int G,   \
+                         float *y, int64_t ldy, int accumulate) {                                           \
+        const GgqMatrix *m = w->data;                                                                       \
+        const int64_t nb = m->cols / 32;                                                                    \
+        const size_t rb = (size_t)nb * QV_BB32(TYPE);                                                       \
+        for (int64_t r = r0; r < r0 + nr; r += 2) {                                                         \
+            const int nv = r0 + nr - r < 2 ? 1 : 2;                                                         \
+            const uint8_t *p[2] = {(const uint8_t *)m->data + (size_t)r * rb,                               \
+                                   (const uint8_t *)m->data + (size_t)(r + nv - 1) * rb};                   \
+            for (int g0 = 0; g0 < G; g0 += QV_G2) {                                                         \
+                const int gn = G - g0 < QV_G2 ? G - g0 : QV_G2;                                             \
+                QvAct a[QV_G2];                                                                             \
+                float out[2 * QV_G2];                                                                       \
+                for (int g = 0; g < gn; g++) a[g] = qv_act_view(qx + (g0 + g) * act, m->cols, 32);          \
+                switch (gn) {                                                                               \
+                case 1: SFX(rows2_32)(TYPE, p, nb, a, 1, out); break;                                       \
+                case 2: SFX(rows2_32)(TYPE, p, nb, a, 2, out); break;                                       \
+                case 3: SFX(rows2_32)(TYPE, p, nb, a, 3, out); break;                                       \
+                default: SFX(rows2_32)(TYPE, p, nb, a, QV_G2, out); break;                                  \
+                }                                                                                           \
+                for (int k = 0; k < nv; k++)                                                                \
+                    for (int g = 0; g < gn; g++) qv_store1(y + (g0 + g) * ldy + r + k, accumulate, out[k * QV_G2 + g]); \
+            }                                                                                               \
+        }                                                                                                   \
+    }
 
 // bit k of each byte of hb -> 16 or 0 (Q5_K's fifth bit of sub-block k)
 INL __m256i SFX(bit4)(__m256i hb, const int k) {
@@ -499,12 +552,6 @@ INL __m512i SFX(cat)(__m256i a, __m256i b) { return _mm512_inserti64x4(_mm512_ca
 // activations: the same result for a row alone or in a batch. Weight bytes are decoded once
 // per block for up to QV_G4 activations (against QV_GMAX for the one-row kernels).
 #define QV_G4 8
-// Software prefetch of the weights QV_PF_BYTES or more ahead, as one sequential stream (the
-// hardware prefetchers follow one stream better than the four interleaved row streams a group
-// reads; measured on AMD Zen 5: without it, 40-60% of the bandwidth of one-row code).
-#ifndef QV_PF_BYTES
-#define QV_PF_BYTES 16384
-#endif
 
 // The fp16 at p[r] + off of 4 rows -> zmm, lane r = 4 copies of row r's value
 INL __m512 SFX(half4)(const uint8_t *const *p, const int off) {
@@ -754,26 +801,7 @@ INL void SFX(row_q6)(const uint8_t *row, int64_t nb, const QvAct *a, const int g
     for (int g = 0; g < gn; g++) out[g] = VACC_SUM(acc[g]);
 }
 
-#if !W512
-// One row of 32-blocks against gn activations -> out[gn]: chunks of 8 blocks (the last one
-// shorter), one horizontal sum per row and activation.
-INL void SFX(row32)(const int type, const uint8_t *row, int64_t nb, const QvAct *a, const int gn, float *out) {
-    const int bb = QV_BB32(type);
-    VACC acc0[QV_GMAX], acc1[QV_GMAX];
-    __m256 accm[QV_GMAX];
-    for (int g = 0; g < gn; g++) acc0[g] = acc1[g] = VACC_ZERO, accm[g] = _mm256_setzero_ps();
-    int64_t b0 = 0;
-    for (; b0 + 8 <= nb; b0 += 8) SFX(chunk32)(type, row + b0 * bb, b0, 8, a, gn, acc0, acc1, accm);
-    if (b0 < nb) SFX(chunk32)(type, row + b0 * bb, b0, (int)(nb - b0), a, gn, acc0, acc1, accm);
-    for (int g = 0; g < gn; g++) out[g] = VACC_SUM2(acc0[g], acc1[g]) + SFX(hsum_f)(accm[g]);
-}
-#endif
 
-#define ROW_Q4_0(row, nb, a, gn, out) SFX(row32)(GGQ_Q4_0, row, nb, a, gn, out)
-#define ROW_Q4_1(row, nb, a, gn, out) SFX(row32)(GGQ_Q4_1, row, nb, a, gn, out)
-#define ROW_Q5_0(row, nb, a, gn, out) SFX(row32)(GGQ_Q5_0, row, nb, a, gn, out)
-#define ROW_Q5_1(row, nb, a, gn, out) SFX(row32)(GGQ_Q5_1, row, nb, a, gn, out)
-#define ROW_Q8_0(row, nb, a, gn, out) SFX(row32)(GGQ_Q8_0, row, nb, a, gn, out)
 #define ROW_Q4_K(row, nb, a, gn, out) SFX(row_k45)(0, row, nb, a, gn, out)
 #define ROW_Q5_K(row, nb, a, gn, out) SFX(row_k45)(1, row, nb, a, gn, out)
 #define ROW_Q6_K(row, nb, a, gn, out) SFX(row_q6)(row, nb, a, gn, out)
@@ -785,21 +813,16 @@ QV_ROWS4_DRIVER(SFX(q5_0), GGQ_Q5_0)
 QV_ROWS4_DRIVER(SFX(q5_1), GGQ_Q5_1)
 QV_ROWS4_DRIVER(SFX(q8_0), GGQ_Q8_0)
 #else
-QV_INT_DRIVER(SFX(q4_0), TGT, 32, ROW_Q4_0)
-QV_INT_DRIVER(SFX(q4_1), TGT, 32, ROW_Q4_1)
-QV_INT_DRIVER(SFX(q5_0), TGT, 32, ROW_Q5_0)
-QV_INT_DRIVER(SFX(q5_1), TGT, 32, ROW_Q5_1)
-QV_INT_DRIVER(SFX(q8_0), TGT, 32, ROW_Q8_0)
+QV_ROWS2_DRIVER(SFX(q4_0), GGQ_Q4_0)
+QV_ROWS2_DRIVER(SFX(q4_1), GGQ_Q4_1)
+QV_ROWS2_DRIVER(SFX(q5_0), GGQ_Q5_0)
+QV_ROWS2_DRIVER(SFX(q5_1), GGQ_Q5_1)
+QV_ROWS2_DRIVER(SFX(q8_0), GGQ_Q8_0)
 #endif
 QV_INT_DRIVER(SFX(q4_k), TGT, 256, ROW_Q4_K)
 QV_INT_DRIVER(SFX(q5_k), TGT, 256, ROW_Q5_K)
 QV_INT_DRIVER(SFX(q6_k), TGT, 256, ROW_Q6_K)
 
-#undef ROW_Q4_0
-#undef ROW_Q4_1
-#undef ROW_Q5_0
-#undef ROW_Q5_1
-#undef ROW_Q8_0
 #undef ROW_Q4_K
 #undef ROW_Q5_K
 #undef ROW_Q6_K
@@ -817,6 +840,8 @@ QV_INT_DRIVER(SFX(q6_k), TGT, 256, ROW_Q6_K)
 #undef VACCI_ZERO
 #undef QV_G4
 #undef QV_ROWS4_DRIVER
+#undef QV_G2
+#undef QV_ROWS2_DRIVER
 #endif  // QV_PASS
 
 #else  // not x86-64
