@@ -36,6 +36,41 @@
 #include <string.h>
 
 
+// The driver of the multi-row kernels of the 32-blocks: rows [r0, r0+nr) in groups of NR (a
+// short last group repeats its last row; only real rows are stored), the activations in passes
+// of up to GM (4 or 8) through KERNEL(TYPE, p[NR], nb, a[], gn, out) (out[k·GM + g]: row k,
+// activation g; gn a compile-time constant <= GM). TGT / SFX: the pass's.
+#define QV_ROWS_DRIVER(NAME, TYPE, NR, GM, KERNEL)                                                           \
+    TGT static void NAME(const QvMatrix *w, int64_t r0, int64_t nr, const uint8_t *qx, size_t act, int G,   \
+                         float *y, int64_t ldy, int accumulate) {                                           \
+        const GgqMatrix *m = w->data;                                                                       \
+        const int64_t nb = m->cols / 32;                                                                    \
+        const size_t rb = (size_t)nb * QV_BB32(TYPE);                                                       \
+        for (int64_t r = r0; r < r0 + nr; r += NR) {                                                        \
+            const int nv = r0 + nr - r < NR ? (int)(r0 + nr - r) : NR;                                      \
+            const uint8_t *p[NR];                                                                           \
+            for (int k = 0; k < NR; k++) p[k] = (const uint8_t *)m->data + (size_t)(r + (k < nv ? k : nv - 1)) * rb; \
+            for (int g0 = 0; g0 < G; g0 += GM) {                                                            \
+                const int gn = G - g0 < GM ? G - g0 : GM;                                                   \
+                QvAct a[GM];                                                                                \
+                float out[NR * GM];                                                                         \
+                for (int g = 0; g < gn; g++) a[g] = qv_act_view(qx + (g0 + g) * act, m->cols, 32);          \
+                switch (gn) {                                                                               \
+                case 1: KERNEL(TYPE, p, nb, a, 1, out); break;                                              \
+                case 2: KERNEL(TYPE, p, nb, a, 2, out); break;                                              \
+                case 3: KERNEL(TYPE, p, nb, a, 3, out); break;                                              \
+                case 4: KERNEL(TYPE, p, nb, a, QV_GN(4, GM), out); break;                                   \
+                case 5: KERNEL(TYPE, p, nb, a, QV_GN(5, GM), out); break;                                   \
+                case 6: KERNEL(TYPE, p, nb, a, QV_GN(6, GM), out); break;                                   \
+                case 7: KERNEL(TYPE, p, nb, a, QV_GN(7, GM), out); break;                                   \
+                default: KERNEL(TYPE, p, nb, a, GM, out); break;                                            \
+                }                                                                                           \
+                for (int k = 0; k < nv; k++)                                                                \
+                    for (int g = 0; g < gn; g++) qv_store1(y + (g0 + g) * ldy + r + k, accumulate, out[k * GM + g]); \
+            }                                                                                               \
+        }                                                                                                   \
+    }
+
 #define QV_PASS 1
 #include "quant/qgemv_x86.c"
 #undef QV_PASS
@@ -392,35 +427,6 @@ INL void SFX(rows2_32)(const int type, const uint8_t *const *p, int64_t nb, cons
     }
 }
 
-// The driver of the two-row kernel: rows [r0, r0+nr) in pairs (an odd last row pairs with
-// itself; only real rows are stored), the activations in passes of QV_G2.
-#define QV_ROWS2_DRIVER(NAME, TYPE)                                                                          \
-    TGT static void NAME(const QvMatrix *w, int64_t r0, int64_t nr, const uint8_t *qx, size_t act, int G,   \
-                         float *y, int64_t ldy, int accumulate) {                                           \
-        const GgqMatrix *m = w->data;                                                                       \
-        const int64_t nb = m->cols / 32;                                                                    \
-        const size_t rb = (size_t)nb * QV_BB32(TYPE);                                                       \
-        for (int64_t r = r0; r < r0 + nr; r += 2) {                                                         \
-            const int nv = r0 + nr - r < 2 ? 1 : 2;                                                         \
-            const uint8_t *p[2] = {(const uint8_t *)m->data + (size_t)r * rb,                               \
-                                   (const uint8_t *)m->data + (size_t)(r + nv - 1) * rb};                   \
-            for (int g0 = 0; g0 < G; g0 += QV_G2) {                                                         \
-                const int gn = G - g0 < QV_G2 ? G - g0 : QV_G2;                                             \
-                QvAct a[QV_G2];                                                                             \
-                float out[2 * QV_G2];                                                                       \
-                for (int g = 0; g < gn; g++) a[g] = qv_act_view(qx + (g0 + g) * act, m->cols, 32);          \
-                switch (gn) {                                                                               \
-                case 1: SFX(rows2_32)(TYPE, p, nb, a, 1, out); break;                                       \
-                case 2: SFX(rows2_32)(TYPE, p, nb, a, 2, out); break;                                       \
-                case 3: SFX(rows2_32)(TYPE, p, nb, a, 3, out); break;                                       \
-                default: SFX(rows2_32)(TYPE, p, nb, a, QV_G2, out); break;                                  \
-                }                                                                                           \
-                for (int k = 0; k < nv; k++)                                                                \
-                    for (int g = 0; g < gn; g++) qv_store1(y + (g0 + g) * ldy + r + k, accumulate, out[k * QV_G2 + g]); \
-            }                                                                                               \
-        }                                                                                                   \
-    }
-
 // bit k of each byte of hb -> 16 or 0 (Q5_K's fifth bit of sub-block k)
 INL __m256i SFX(bit4)(__m256i hb, const int k) {
     const __m256i t = _mm256_and_si256(hb, _mm256_set1_epi8((char)(1 << k)));
@@ -675,38 +681,6 @@ INL void SFX(rows4_32)(const int type, const uint8_t *const *p, int64_t nb, cons
     }
 }
 
-// The driver of the four-row kernel: rows [r0, r0+nr) in groups of 4 (a short last group
-// repeats its last row; only real rows are stored), the activations in passes of QV_G4.
-#define QV_ROWS4_DRIVER(NAME, TYPE)                                                                          \
-    TGT static void NAME(const QvMatrix *w, int64_t r0, int64_t nr, const uint8_t *qx, size_t act, int G,   \
-                         float *y, int64_t ldy, int accumulate) {                                           \
-        const GgqMatrix *m = w->data;                                                                       \
-        const int64_t nb = m->cols / 32;                                                                    \
-        const size_t rb = (size_t)nb * QV_BB32(TYPE);                                                       \
-        for (int64_t r = r0; r < r0 + nr; r += 4) {                                                         \
-            const int nv = r0 + nr - r < 4 ? (int)(r0 + nr - r) : 4;                                        \
-            const uint8_t *p[4];                                                                            \
-            for (int k = 0; k < 4; k++) p[k] = (const uint8_t *)m->data + (size_t)(r + (k < nv ? k : nv - 1)) * rb; \
-            for (int g0 = 0; g0 < G; g0 += QV_G4) {                                                         \
-                const int gn = G - g0 < QV_G4 ? G - g0 : QV_G4;                                             \
-                QvAct a[QV_G4];                                                                             \
-                float out[4 * QV_G4];                                                                       \
-                for (int g = 0; g < gn; g++) a[g] = qv_act_view(qx + (g0 + g) * act, m->cols, 32);          \
-                switch (gn) {                                                                               \
-                case 1: SFX(rows4_32)(TYPE, p, nb, a, 1, out); break;                                       \
-                case 2: SFX(rows4_32)(TYPE, p, nb, a, 2, out); break;                                       \
-                case 3: SFX(rows4_32)(TYPE, p, nb, a, 3, out); break;                                       \
-                case 4: SFX(rows4_32)(TYPE, p, nb, a, 4, out); break;                                       \
-                case 5: SFX(rows4_32)(TYPE, p, nb, a, 5, out); break;                                       \
-                case 6: SFX(rows4_32)(TYPE, p, nb, a, 6, out); break;                                       \
-                case 7: SFX(rows4_32)(TYPE, p, nb, a, 7, out); break;                                       \
-                default: SFX(rows4_32)(TYPE, p, nb, a, QV_G4, out); break;                                  \
-                }                                                                                           \
-                for (int k = 0; k < nv; k++)                                                                \
-                    for (int g = 0; g < gn; g++) qv_store1(y + (g0 + g) * ldy + r + k, accumulate, out[k * QV_G4 + g]); \
-            }                                                                                               \
-        }                                                                                                   \
-    }
 
 // The 4 dwords of each 128-bit lane i of a zmm set to c[i]
 INL __m512i SFX(lanes4)(int c0, int c1, int c2, int c3) {
@@ -807,18 +781,16 @@ INL void SFX(row_q6)(const uint8_t *row, int64_t nb, const QvAct *a, const int g
 #define ROW_Q6_K(row, nb, a, gn, out) SFX(row_q6)(row, nb, a, gn, out)
 // x (C) q8 blocks, W (OC,C) GGUF -> y (OC)
 #if W512
-QV_ROWS4_DRIVER(SFX(q4_0), GGQ_Q4_0)
-QV_ROWS4_DRIVER(SFX(q4_1), GGQ_Q4_1)
-QV_ROWS4_DRIVER(SFX(q5_0), GGQ_Q5_0)
-QV_ROWS4_DRIVER(SFX(q5_1), GGQ_Q5_1)
-QV_ROWS4_DRIVER(SFX(q8_0), GGQ_Q8_0)
+#define ROWS_32(NAME, TYPE) QV_ROWS_DRIVER(NAME, TYPE, 4, QV_G4, SFX(rows4_32))
 #else
-QV_ROWS2_DRIVER(SFX(q4_0), GGQ_Q4_0)
-QV_ROWS2_DRIVER(SFX(q4_1), GGQ_Q4_1)
-QV_ROWS2_DRIVER(SFX(q5_0), GGQ_Q5_0)
-QV_ROWS2_DRIVER(SFX(q5_1), GGQ_Q5_1)
-QV_ROWS2_DRIVER(SFX(q8_0), GGQ_Q8_0)
+#define ROWS_32(NAME, TYPE) QV_ROWS_DRIVER(NAME, TYPE, 2, QV_G2, SFX(rows2_32))
 #endif
+ROWS_32(SFX(q4_0), GGQ_Q4_0)
+ROWS_32(SFX(q4_1), GGQ_Q4_1)
+ROWS_32(SFX(q5_0), GGQ_Q5_0)
+ROWS_32(SFX(q5_1), GGQ_Q5_1)
+ROWS_32(SFX(q8_0), GGQ_Q8_0)
+#undef ROWS_32
 QV_INT_DRIVER(SFX(q4_k), TGT, 256, ROW_Q4_K)
 QV_INT_DRIVER(SFX(q5_k), TGT, 256, ROW_Q5_K)
 QV_INT_DRIVER(SFX(q6_k), TGT, 256, ROW_Q6_K)
@@ -839,9 +811,7 @@ QV_INT_DRIVER(SFX(q6_k), TGT, 256, ROW_Q6_K)
 #undef VACCI
 #undef VACCI_ZERO
 #undef QV_G4
-#undef QV_ROWS4_DRIVER
 #undef QV_G2
-#undef QV_ROWS2_DRIVER
 #endif  // QV_PASS
 
 #else  // not x86-64

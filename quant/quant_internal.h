@@ -145,7 +145,7 @@ static inline void qv_store1(float *y, int accumulate, float v) { *y = accumulat
 // G activations in passes of up to GM (4 or 8) through ROWFN(row, BF, C, x[], gn, out[]) (x
 // (gn,C) fp32, one row of W -> out (gn); gn a compile-time constant <= GM); TGT: the variant's
 // target attribute (or nothing).
-#define QV_FP_GN(k, GM) ((GM) >= (k) ? (k) : (GM))  // (a case past GM is never taken)
+#define QV_GN(k, GM) ((GM) >= (k) ? (k) : (GM))  // (a case past GM is never taken)
 #define QV_FP_DRIVER(NAME, TGT, ROWFN, BF, GM)                                                             \
     TGT static void NAME(const QvMatrix *w, int64_t r0, int64_t nr, const uint8_t *qx, size_t act, int G,   \
                          float *y, int64_t ldy, int accumulate) {                                           \
@@ -161,10 +161,10 @@ static inline void qv_store1(float *y, int accumulate, float v) { *y = accumulat
                 case 1: ROWFN(wr, BF, C, x, 1, out); break;                                                 \
                 case 2: ROWFN(wr, BF, C, x, 2, out); break;                                                 \
                 case 3: ROWFN(wr, BF, C, x, 3, out); break;                                                 \
-                case 4: ROWFN(wr, BF, C, x, QV_FP_GN(4, GM), out); break;                                   \
-                case 5: ROWFN(wr, BF, C, x, QV_FP_GN(5, GM), out); break;                                   \
-                case 6: ROWFN(wr, BF, C, x, QV_FP_GN(6, GM), out); break;                                   \
-                case 7: ROWFN(wr, BF, C, x, QV_FP_GN(7, GM), out); break;                                   \
+                case 4: ROWFN(wr, BF, C, x, QV_GN(4, GM), out); break;                                   \
+                case 5: ROWFN(wr, BF, C, x, QV_GN(5, GM), out); break;                                   \
+                case 6: ROWFN(wr, BF, C, x, QV_GN(6, GM), out); break;                                   \
+                case 7: ROWFN(wr, BF, C, x, QV_GN(7, GM), out); break;                                   \
                 default: ROWFN(wr, BF, C, x, GM, out); break;                                               \
                 }                                                                                           \
                 for (int g = 0; g < gn; g++) qv_store1(y + (g0 + g) * ldy + r, accumulate, out[g]);         \
