@@ -51,7 +51,7 @@ struct Engine {
     // (rows, ·) fp32 rows
     float *x, *h, *out[LT_COUNT], *att, *act;
     float *lora_h;             // (rows, max rank) the low-rank h of each row
-    float *logits;             // (rows, V)
+    float *logits;             // (max_rows, V): a step's logits (a prompt chunk's: at most max_rows)
     float *scores;             // (threads, H/KVH, ctx) attention scores
     float *wrow;               // (threads, wrow_len) slow_gemv's rows
     size_t wrow_len;           // max(C, F)
@@ -61,7 +61,7 @@ struct Engine {
     // that n): a small model's step can be faster on one thread than split between two, when
     // the ten barriers a layer cost more than the work between them
     struct { double best[2]; int tries[2], team; } *tune;
-    Tape *tape;                // the prefill's forward (recording off)
+    Tape *tape;                // the prefill's forward (recording off); NULL when row_prefill
     const volatile int *cancel;
 };
 
@@ -159,20 +159,22 @@ Engine *engine_new(const Model *m, int max_rows, Err *e) {
         !(en->h = xmalloc_aligned(R * C * sizeof(float), "engine rows", e)) ||
         !(en->att = xmalloc_aligned(R * HD * sizeof(float), "engine rows", e)) ||
         !(en->act = xmalloc_aligned(R * (size_t)c->hidden_dim * sizeof(float), "engine rows", e)) ||
-        !(en->logits = xmalloc_aligned(R * (size_t)c->vocab_size * sizeof(float), "engine logits", e)) ||
+        !(en->logits = xmalloc_aligned((size_t)max_rows * c->vocab_size * sizeof(float), "engine logits", e)) ||
         !(en->scores = xmalloc_aligned((size_t)en->threads * (c->n_heads / c->n_kv_heads) * en->score_len * sizeof(float),
                                        "attention scores", e)) ||
         !(en->wrow = xmalloc_aligned((size_t)en->threads * (en->wrow_len = C > (size_t)c->hidden_dim ? C : (size_t)c->hidden_dim) *
-                                         sizeof(float), "engine scratch", e)) ||
-        !(en->tape = tape_new(e)))
+                                         sizeof(float), "engine scratch", e)))
         goto fail;
-    tape_set_recording(en->tape, 0);
-    tape_set_training(en->tape, 0);
-    // prefill: the fastest fp32 GEMM. Not bf16 even where it is faster: it would round the
-    // dequantized weights to 8 bits of mantissa (a Q4_0 weight d·q needs up to 15), and that
-    // was visible: stories260K in Q4_0 greedy-decoded as llama.cpp does for 24 tokens with an
-    // fp32 prefill, for 11 with a bf16 one
-    tape_set_gemm(en->tape, kernel_choice()->fp32);
+    if (!en->row_prefill) {
+        if (!(en->tape = tape_new(e))) goto fail;
+        tape_set_recording(en->tape, 0);
+        tape_set_training(en->tape, 0);
+        // prefill: the fastest fp32 GEMM. Not bf16 even where it is faster: it would round the
+        // dequantized weights to 8 bits of mantissa (a Q4_0 weight d·q needs up to 15), and that
+        // was visible: stories260K in Q4_0 greedy-decoded as llama.cpp does for 24 tokens with an
+        // fp32 prefill, for 11 with a bf16 one
+        tape_set_gemm(en->tape, kernel_choice()->fp32);
+    }
     return en;
 fail:
     engine_free(en);
@@ -233,7 +235,7 @@ int engine_prefill_many(Engine *en, const LoraAdapter *const *lora, KVCache *con
         // up to en->rows rows: the sequences' tokens in order, each sequence's last token
         // (when it falls in this chunk) placed at the end, where the logits are computed
         int nr = 0, nlast = 0, last_seq[en->rows];
-        while (s < count && nr + nlast < en->rows) {
+        while (s < count && nr + nlast < en->rows && nlast < en->max_rows) {
             const int room = en->rows - nr - nlast, take = n[s] - t < room ? n[s] - t : room;
             const int ends = t + take == n[s], body = take - ends;
             for (int i = 0; i < body; i++, nr++) {
