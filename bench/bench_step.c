@@ -292,8 +292,8 @@ static int bench_gemm(int64_t M, int64_t OC, int64_t C, int reps) {
 // threads (rows split evenly, in chunks of 16, across an OpenMP team here: the kernels have no
 // threading of their own). Prints GB/s of weight bytes streamed per variant (best of the runs
 // within ~0.15 s; preparing the activation is not timed). TinyLlama's FFN shapes by default.
-// G activations (qx: G prepared copies, act bytes apart; y (G, rows))
-static double qgemv_time(const QvKernel *k, const QvMatrix *w, const void *qx, size_t act, int G, float *y, int nt) {
+// G activations (qx: G prepared copies, as qv_gemv reads them; y (G, rows))
+static double qgemv_time(const QvKernel *k, const QvMatrix *w, const void *qx, int G, float *y, int nt) {
     double best = 1e30, spent = 0;
     for (int rep = 0; rep < 200 && (rep < 3 || spent < 0.15); rep++) {
         double t0 = now_s();
@@ -302,7 +302,7 @@ static double qgemv_time(const QvKernel *k, const QvMatrix *w, const void *qx, s
             const int t = omp_get_thread_num(), n = omp_get_num_threads();
             const int64_t per = (w->rows + n - 1) / n, chunk = (per + 15) / 16 * 16;
             const int64_t r0 = t * chunk, r1 = r0 + chunk < w->rows ? r0 + chunk : w->rows;
-            if (r1 > r0) qv_gemv(k, w, r0, r1 - r0, (const uint8_t *)qx + 0 * act, G, y, w->rows, 0);
+            if (r1 > r0) qv_gemv(k, w, r0, r1 - r0, qx, G, y, w->rows, 0);
         }
         double dt = now_s() - t0;
         spent += dt;
@@ -381,8 +381,8 @@ static int bench_qgemv(int64_t rows, int64_t cols, const char *only) {
             const size_t ab = qv_act_bytes(k, &w);
             uint8_t *qx = malloc(ab * 8);
             for (int g = 0; g < 8; g++) qv_prepare(k, &w, x, qx + g * ab);
-            double t1 = qgemv_time(k, &w, qx, ab, 1, y, 1), t2 = qgemv_time(k, &w, qx, ab, 1, y, 2);
-            double t8 = qgemv_time(k, &w, qx, ab, 8, y, 2);
+            double t1 = qgemv_time(k, &w, qx, 1, y, 1), t2 = qgemv_time(k, &w, qx, 1, y, 2);
+            double t8 = qgemv_time(k, &w, qx, 8, y, 2);
             printf("mode=qgemv rows=%lld cols=%lld format=%s kernel=%s chosen=%d weight_mb=%.1f gbs_1t=%.1f gbs_2t=%.1f "
                    "g8_2t_ratio=%.2f\n",
                    (long long)rows, (long long)cols, F[f].name, qv_kernel_name(k), k == chosen, bytes / 1e6,

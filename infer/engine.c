@@ -187,6 +187,7 @@ static int run_rows(Engine *en, const LoraAdapter *const *lora, KVCache *const *
 
 int engine_prefill(Engine *en, const LoraAdapter *lora, KVCache *kv, const int *ids, int n, float *logits,
                    Err *e) {
+    if (en->row_prefill) return engine_prefill_many(en, &lora, &kv, &ids, &n, 1, &logits, e);
     const Model *m = en->m;
     const int V = m->cfg.vocab_size;
     if (n < 1) return err_set(e, "empty prompt: nothing to condition on");
@@ -198,7 +199,6 @@ int engine_prefill(Engine *en, const LoraAdapter *lora, KVCache *kv, const int *
     if (kv->len + n > en->score_len)
         return err_set(e, "%d more tokens do not fit the model's context (%d of %d positions used)", n, kv->len,
                        en->score_len);
-    if (en->row_prefill) return engine_prefill_many(en, &lora, &kv, &ids, &n, 1, &logits, e);
     for (int i0 = 0; i0 < n; i0 += PREFILL_CHUNK) {
         if (en->cancel && *en->cancel) return err_set(e, "cancelled");
         int nc = n - i0 < PREFILL_CHUNK ? n - i0 : PREFILL_CHUNK;
@@ -242,11 +242,12 @@ int engine_prefill_many(Engine *en, const LoraAdapter *const *lora, KVCache *con
                 en->row_lora[nr] = lora[s], en->row_kv[nr] = kv[s], en->row_pos[nr] = kv[s]->len + t + i;
                 tok[nr] = ids[s][t + i];
             }
-            if (ends) last_seq[nlast++] = s;
-            t += body;
-            if (ends) t = n[s];
-            if (t == n[s]) s++, t = 0;
-            else break;
+            if (!ends) {  // the chunk is full: sequence s goes on in the next one
+                t += body;
+                break;
+            }
+            last_seq[nlast++] = s++;
+            t = 0;
         }
         // the last tokens after the others
         for (int k = 0; k < nlast; k++) {
